@@ -1,0 +1,211 @@
+"""Tiny datasets written in the real on-disk formats, for tests.
+
+Every ``make_*`` writes under ``root`` exactly the layout the matching loader in ``norga.data`` reads and
+returns the dataset's folder. Pixel values encode the label where a test may want to check it:
+array formats put ``(label, 4 * row, 4 * col)``-style patterns in (see each function).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def cifar_pattern(label: int, size: int = 32) -> np.ndarray:
+    """HWC uint8 image: red = label, green = 4 * row, blue = 4 * column (checks the HWC layout)."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    return np.stack([np.full((size, size), label), 4 * rows, 4 * cols], axis=-1).astype(np.uint8)
+
+
+def _cifar_rows(labels: list[int]) -> np.ndarray:
+    # The pickles store each image as 3072 bytes: the red plane, then green, then blue, row-major.
+    return np.stack([cifar_pattern(y).transpose(2, 0, 1).reshape(-1) for y in labels]).astype(np.uint8)
+
+
+def _dump(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def make_cifar100(
+    root: str | os.PathLike, n_per_class: int = 3, num_classes: int = 100, n_test_per_class: int = 1
+) -> Path:
+    """``<root>/cifar-100-python/{train,test,meta}`` with the real keys."""
+    base = Path(root) / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_per_class), ("test", n_test_per_class)):
+        labels = [c for _ in range(n) for c in range(num_classes)]
+        _dump(base / name, {
+            "filenames": [f"img_{i}.png" for i in range(len(labels))],
+            "batch_label": f"{name} batch 1 of 1",
+            "fine_labels": labels,
+            "coarse_labels": [c // 5 for c in labels],
+            "data": _cifar_rows(labels),
+        })
+    _dump(base / "meta", {
+        "fine_label_names": [f"class_{c:03d}" for c in range(num_classes)],
+        "coarse_label_names": [f"super_{c}" for c in range(max(1, num_classes // 5))],
+    })
+    return base
+
+
+def make_cifar10(root: str | os.PathLike, n_per_class: int = 5, n_test_per_class: int = 1) -> Path:
+    """``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``; train over 5 batches."""
+    base = Path(root) / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    train = [c for _ in range(n_per_class) for c in range(10)]
+    batches = [train[k::5] for k in range(5)]
+    for k, labels in enumerate(batches, 1):
+        _dump(base / f"data_batch_{k}", {
+            "batch_label": f"training batch {k} of 5", "labels": labels,
+            "data": _cifar_rows(labels), "filenames": [f"t{k}_{i}.png" for i in range(len(labels))],
+        })
+    test = [c for _ in range(n_test_per_class) for c in range(10)]
+    _dump(base / "test_batch", {
+        "batch_label": "testing batch 1 of 1", "labels": test,
+        "data": _cifar_rows(test), "filenames": [f"e_{i}.png" for i in range(len(test))],
+    })
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {"num_cases_per_batch": len(batches[0]), "label_names": names, "num_vis": 3072}
+    _dump(base / "batches.meta", meta)
+    return base
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    # Magic: 0x00 0x00, type 0x08 (unsigned byte), number of dimensions; then big-endian int32 sizes.
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", s) for s in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def mnist_pattern(label: int) -> np.ndarray:
+    """28x28 grey: value 9 * row + label."""
+    rows = np.arange(28)[:, None].repeat(28, axis=1)
+    return (9 * rows + label).astype(np.uint8)
+
+
+def make_mnist(
+    root: str | os.PathLike, fashion: bool = False, n_train: int = 20, n_test: int = 10, gz: bool = False
+) -> Path:
+    """``<root>/{MNIST|FashionMNIST}/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; label i % 10."""
+    raw = Path(root) / ("FashionMNIST" if fashion else "MNIST") / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", np.stack([mnist_pattern(y) for y in labels]), gz)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8), gz)
+    return raw
+
+
+def make_svhn(root: str | os.PathLike, n_train: int = 20, n_test: int = 10) -> Path:
+    """``<root>/svhn/{train,test}_32x32.mat`` with X (32, 32, 3, N) and y (N, 1) in 1..10 (10 = digit 0)."""
+    from scipy.io import savemat
+
+    base = Path(root) / "svhn"
+    base.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        digits = np.arange(n) % 10
+        X = np.stack([cifar_pattern(d) for d in digits], axis=-1)
+        y = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]
+        savemat(base / f"{name}_32x32.mat", {"X": X, "y": y})
+    return base
+
+
+def make_notmnist(
+    root: str | os.PathLike, n_train_per_class: int = 2, n_test_per_class: int = 1, broken: int = 1
+) -> Path:
+    """``<root>/notMNIST/{Train,Test}/{A..J}/*.png`` (28x28 grey), ``broken`` truncated PNGs in Train/A."""
+    base = Path(root) / "notMNIST"
+    for split, n in (("Train", n_train_per_class), ("Test", n_test_per_class)):
+        for k, letter in enumerate(LETTERS):
+            folder = base / split / letter
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.full((28, 28), 20 * k + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{letter}{i}.png")
+    for i in range(broken):
+        good = (base / "Train" / "A" / "A0.png").read_bytes()
+        (base / "Train" / "A" / f"broken{i}.png").write_bytes(good[: len(good) // 2])
+    return base
+
+
+def wnid(k: int) -> str:
+    return f"n{1440000 + 37 * k:08d}"
+
+
+def make_imagenet_r(root: str | os.PathLike, num_classes: int = 4, n_per_class: int = 5) -> Path:
+    """``<root>/imagenet-r/<wnid>/<style>_<i>.jpg``, assorted sizes; the first image of class 0 is grey."""
+    base = Path(root) / "imagenet-r"
+    rng = np.random.default_rng(0)
+    for k in range(num_classes):
+        folder = base / wnid(k)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            h, w = (int(v) for v in rng.integers(12, 30, size=2))
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            img = Image.fromarray(pixels)
+            if k == 0 and i == 0:
+                img = img.convert("L")
+            img.save(folder / f"{('art', 'cartoon', 'sketch')[i % 3]}_{i}.jpg", quality=80)
+    return base
+
+
+def make_cub(
+    root: str | os.PathLike, num_classes: int = 4, n_train_per_class: int = 3, n_test_per_class: int = 2
+) -> Path:
+    """``<root>/CUB_200_2011`` with its four index files (1-based ids) and ``images/<class>/*.jpg``."""
+    base = Path(root) / "CUB_200_2011"
+    rng = np.random.default_rng(1)
+    images, split, labels, classes = [], [], [], []
+    image_id = 0
+    for c in range(1, num_classes + 1):
+        cls = f"{c:03d}.Bird_{c}"
+        classes.append(f"{c} {cls}")
+        (base / "images" / cls).mkdir(parents=True, exist_ok=True)
+        for j in range(n_train_per_class + n_test_per_class):
+            image_id += 1
+            rel = f"{cls}/Bird_{c}_{j:04d}_{1000 + image_id}.jpg"
+            mode_grey = j == 0 and c == 1  # the real set has a few grey images
+            pixels = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+            img = Image.fromarray(pixels).convert("L") if mode_grey else Image.fromarray(pixels)
+            img.save(base / "images" / rel)
+            images.append(f"{image_id} {rel}")
+            split.append(f"{image_id} {1 if j < n_train_per_class else 0}")
+            labels.append(f"{image_id} {c}")
+    for name, lines in (("images.txt", images), ("train_test_split.txt", split),
+                        ("image_class_labels.txt", labels), ("classes.txt", classes)):
+        (base / name).write_text("\n".join(lines) + "\n")
+    return base
+
+
+def make_five_datasets(root: str | os.PathLike) -> Path:
+    """All five parts of 5-Datasets side by side under ``root`` (each tiny); returns ``root``."""
+    make_svhn(root, n_train=20, n_test=10)
+    make_mnist(root, n_train=20, n_test=10)
+    make_cifar10(root, n_per_class=2, n_test_per_class=1)
+    make_notmnist(root, n_train_per_class=2, n_test_per_class=1, broken=0)
+    make_mnist(root, fashion=True, n_train=20, n_test=10)
+    return Path(root)
+
+
+def snapshot(root: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` (folders too) -> (mtime_ns, size); equal before/after = nothing written."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.stat(path)
+            out[os.path.relpath(path, root)] = (st.st_mtime_ns, st.st_size)
+    return out
