@@ -1,0 +1,1 @@
+"""Loops, optimisation, checkpoints, logging and the run driver."""

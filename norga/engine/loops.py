@@ -1,0 +1,135 @@
+"""The inner loops: one training epoch, feature extraction, and training a head on sampled features."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from norga.methods.statistics import ClassStatistics
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; says where, so the run can be inspected or resumed with changes."""
+
+    def __init__(self, where: str, step: int, value: float) -> None:
+        super().__init__(f"non-finite loss {value} at {where}, step {step}; lower the learning rate or check "
+                         "the data, then resume (resume=true) from the last checkpoint")
+        self.where, self.step, self.value = where, step, value
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked (fp32 master weights stay fp32); a no-op for fp32/tf32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def masked_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Logits of classes outside the boolean ``allowed`` (C,) set to -inf."""
+    return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
+def train_epoch(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    device: torch.device,
+    clip_grad: float | None,
+    where: str,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> float:
+    """One epoch of ``loss_fn(x, y)`` steps with gradient clipping; returns the mean loss."""
+    total, count = 0.0, 0
+    batches = tqdm(loader, desc=where, leave=False, disable=not progress)
+    for step, (x, y) in enumerate(batches):
+        if max_batches is not None and step >= max_batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = loss_fn(x, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(where, step, value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(params, clip_grad)
+        optimizer.step()
+        total += value * len(y)
+        count += len(y)
+        batches.set_postfix(loss=f"{value:.4f}")
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def extract_features(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    device: torch.device,
+    desc: str,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(x)`` for every batch, concatenated on the CPU in fp32, with the labels."""
+    feats, labels = [], []
+    for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
+        if max_batches is not None and step >= max_batches:
+            break
+        feats.append(fn(x.to(device, non_blocking=True)).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def train_on_statistics(
+    model: nn.Module,
+    stats: ClassStatistics,
+    classes: list[int],
+    steps: int,
+    n_per_class: int,
+    epochs: int,
+    lr: float,
+    allowed: torch.Tensor,
+    device: torch.device,
+    seed_epoch: Callable[[int], object],
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    where: str = "tap",
+    progress: bool = True,
+) -> float:
+    """Task-adaptive prediction: train ``model`` on features sampled from the class Gaussians.
+
+    Each epoch samples ``n_per_class`` features for every class in ``classes``, shuffles them, and takes
+    ``steps`` SGD steps of ``n_per_class`` samples each (the reference: steps = number of classes of the
+    earlier tasks), logits restricted to ``allowed``; cosine annealing over the epochs.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    model.train()
+    loss_value = float("nan")
+    for epoch in tqdm(range(epochs), desc=where, leave=False, disable=not progress):
+        seed_epoch(epoch)
+        x, y = stats.sample(classes, n_per_class)
+        order = torch.randperm(len(y))
+        x, y = x[order].to(device), y[order].to(device)
+        for step in range(steps):
+            xb = x[step * n_per_class:(step + 1) * n_per_class]
+            yb = y[step * n_per_class:(step + 1) * n_per_class]
+            if len(yb) == 0:
+                break
+            loss = F.cross_entropy(masked_logits(model(xb), allowed), yb)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(f"{where} epoch {epoch}", step, loss_value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+    return loss_value

@@ -1,0 +1,1 @@
+"""Learning procedures: each method is one file (its stages) plus ``conf/method/<name>.yaml``."""

@@ -1,0 +1,226 @@
+"""HiDe-Prompt: task-identity inference (TII), within-task prediction (WTP) with prefix prompts, and
+task-adaptive prediction (TAP) on features sampled from per-class Gaussians.
+
+NoRGa (``norga.methods.norga``) is this learner with a non-linear residual gate on the prefix logits.
+The engine calls the stages of each task in order (``norga.engine.seeding.STAGES``); each stage seeds its
+own randomness per epoch, so stages are independent of what ran before them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from norga.engine.loaders import make_loader
+from norga.engine.loops import autocast, extract_features, masked_logits, train_epoch, train_on_statistics
+from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
+from norga.engine.seeding import seed_stage
+from norga.methods.statistics import ClassStatistics
+from norga.models.prompts import PromptPool
+from norga.models.tii import TIIHead
+from norga.models.vit import head_geometry, init_linear, vit_features
+
+log = logging.getLogger(__name__)
+
+
+def contrastive_loss(features: torch.Tensor, class_means: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Cross-entropy of ``M M^T / temperature`` against the identity, M = [stored means; batch features]."""
+    m = features if class_means is None else torch.cat([class_means.to(features), features])
+    sim = m @ m.T / temperature
+    return F.cross_entropy(sim, torch.arange(len(m), device=m.device))
+
+
+class HiDePrompt:
+    """The three-part learner of HiDe-Prompt; ``gate`` is None here and set by NoRGa."""
+
+    name = "hide"
+
+    def __init__(self, cfg: DictConfig, backbone: VisionTransformer, benchmark, device: torch.device) -> None:
+        self.cfg = cfg
+        self.benchmark = benchmark
+        self.device = device
+        self.backbone = backbone.to(device)
+        method = cfg.method
+        dim, heads, head_dim = head_geometry(backbone)
+        depth = len(backbone.blocks)
+        bad = [i for i in method.prompt_layers if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"method.prompt_layers {list(method.prompt_layers)} has {bad} outside the "
+                             f"backbone's {depth} blocks (0..{depth - 1})")
+        num_classes, num_tasks = benchmark.num_classes, benchmark.num_tasks
+        self.tii = TIIHead(dim, num_classes, list(cfg.tii.mlp_structure)).to(device)
+        self.prompts = PromptPool(list(method.prompt_layers), num_tasks, method.prompt_length, heads, head_dim,
+                                  gate=self.gate_name(), layout=method.prefix_layout).to(device)
+        self.head = nn.Linear(dim, num_classes).to(device)
+        init_linear(self.head)
+        self.tii_stats = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
+        self.wtp_stats = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
+
+    def gate_name(self) -> str | None:
+        if self.cfg.method.gate is not None:
+            raise ValueError(f"method=hide is plain prefix tuning and takes no gate (got method.gate="
+                             f"{self.cfg.method.gate}); use method=norga gate={self.cfg.method.gate}")
+        return None
+
+    # ---- state -------------------------------------------------------------------------------------
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"tii": self.tii, "prompts": self.prompts, "head": self.head}
+
+    def state_dict(self) -> dict:
+        state = {name: m.state_dict() for name, m in self.trainable_modules().items()}
+        state["tii_stats"] = self.tii_stats.state_dict()
+        state["wtp_stats"] = self.wtp_stats.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, module in self.trainable_modules().items():
+            module.load_state_dict(state[name])
+        self.tii_stats.load_state_dict(state["tii_stats"])
+        self.wtp_stats.load_state_dict(state["wtp_stats"])
+
+    # ---- forward paths used by training and the evaluator ----------------------------------------------
+    def _amp(self):
+        return autocast(self.device, self.cfg.train.precision)
+
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self._amp():
+            return vit_features(self.backbone, x).float()
+
+    def tii_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.tii(features)
+
+    def prompted_features(self, x: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        with self._amp():
+            return vit_features(self.backbone, x, self.prompts.prefixes_for_ids(prompt_ids)).float()
+
+    def task_features(self, x: torch.Tensor, task: int, momentum: float = 0.0) -> torch.Tensor:
+        with self._amp():
+            return vit_features(self.backbone, x, self.prompts.prefixes_for_task(task, len(x), momentum)).float()
+
+    def wtp_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _train_loader(self, task: int, augment: bool, generator: torch.Generator | None):
+        dataset = self.benchmark.train_set(task, augment=augment)
+        return make_loader(dataset, self.cfg.train.batch_size, self.device, self.cfg.train.num_workers,
+                           shuffle=generator is not None, generator=generator)
+
+    def _seed(self, task: int, stage: str, epoch: int = 0) -> torch.Generator:
+        return seed_stage(self.cfg.seed, task, stage, epoch)
+
+    def _earlier_classes(self, task: int) -> int:
+        return sum(len(c) for c in self.benchmark.task_classes[:task])
+
+    def _seen_classes(self, task: int) -> list[int]:
+        return [c for classes in self.benchmark.task_classes[:task + 1] for c in classes]
+
+    # ---- stages ------------------------------------------------------------------------------------
+    def tii_train(self, task: int, on_epoch=None) -> None:
+        cfg, tii = self.cfg, self.cfg.tii
+        lr = scaled_lr(tii.lr, cfg.train.batch_size)
+        optimizer = build_optimizer(cfg.optimizer, [(list(self.tii.parameters()), lr)])
+        allowed = self.benchmark.class_mask(task)
+        self.tii.train()
+
+        def loss_fn(x, y):
+            return F.cross_entropy(masked_logits(self.tii(self.backbone_features(x)), allowed), y)
+
+        for epoch in range(tii.epochs):
+            gen = self._seed(task, "tii_train", epoch)
+            lr_now = set_epoch_lr(optimizer, tii.scheduler, epoch, tii.epochs)
+            loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer,
+                               list(self.tii.parameters()), self.device, None,
+                               f"task {task} TII epoch {epoch + 1}/{tii.epochs}", cfg.train.max_batches,
+                               cfg.progress)
+            if on_epoch:
+                on_epoch({"tii/loss": loss, "tii/lr": lr_now})
+
+    @torch.no_grad()
+    def tii_stats_stage(self, task: int) -> None:
+        self._seed(task, "tii_stats")
+        feats, labels = extract_features(self.backbone_features, self._train_loader(task, False, None),
+                                         self.device, f"task {task} TII statistics", self.cfg.train.max_batches,
+                                         self.cfg.progress)
+        self.tii_stats.fit(feats, labels)
+
+    def tii_tap(self, task: int) -> None:
+        if task == 0:
+            return
+        cfg = self.cfg
+        train_on_statistics(
+            self.tii, self.tii_stats, self._seen_classes(task), self._earlier_classes(task),
+            n_per_class=cfg.train.batch_size, epochs=cfg.tii.tap.epochs,
+            lr=scaled_lr(cfg.tii.tap.lr, cfg.train.batch_size), allowed=self.benchmark.seen_mask(task),
+            device=self.device, seed_epoch=lambda e: self._seed(task, "tii_tap", e),
+            momentum=cfg.tii.tap.momentum, weight_decay=cfg.tii.tap.weight_decay,
+            where=f"task {task} TII TAP", progress=cfg.progress)
+
+    def wtp_train(self, task: int, on_epoch=None) -> None:
+        cfg, method = self.cfg, self.cfg.method
+        if task > 0:
+            self.prompts.copy_prompt(task - 1, task)
+        if self.prompts.gate_params is not None:
+            # alpha and tau are shared by all tasks and learned during the first task only (faithful).
+            self.prompts.gate_params.requires_grad_(task == 0)
+        lr = scaled_lr(cfg.optimizer.lr, cfg.train.batch_size)
+        prompt_params = [p for p in self.prompts.parameters() if p.requires_grad]
+        head_params = list(self.head.parameters())
+        if cfg.optimizer.larger_prompt_lr:
+            groups = [(prompt_params, lr), (head_params, lr * 0.1)]
+        else:
+            groups = [(prompt_params + head_params, lr)]
+        optimizer = build_optimizer(cfg.optimizer, groups)
+        params = prompt_params + head_params
+        momentum = method.prompt_momentum if task > 0 else 0.0
+        allowed = self.benchmark.class_mask(task)
+        means = self.wtp_stats.mean_matrix(self.device)
+        self.prompts.train()
+        self.head.train()
+
+        def loss_fn(x, y):
+            feats = self.task_features(x, task, momentum)
+            loss = F.cross_entropy(masked_logits(self.head(feats), allowed), y)
+            if method.reg:
+                loss = loss + method.reg * contrastive_loss(feats, means, method.contrastive_temperature)
+            return loss
+
+        epochs = cfg.train.epochs
+        for epoch in range(epochs):
+            gen = self._seed(task, "wtp_train", epoch)
+            lr_now = set_epoch_lr(optimizer, cfg.scheduler, epoch, epochs)
+            loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer, params, self.device,
+                               cfg.train.clip_grad, f"task {task} WTP epoch {epoch + 1}/{epochs}",
+                               cfg.train.max_batches, cfg.progress)
+            if on_epoch:
+                on_epoch({"wtp/loss": loss, "wtp/lr": lr_now})
+        self.prompts.commit_momentum(task, momentum)
+
+    @torch.no_grad()
+    def wtp_stats_stage(self, task: int) -> None:
+        self._seed(task, "wtp_stats")
+        feats, labels = extract_features(lambda x: self.task_features(x, task),
+                                         self._train_loader(task, False, None), self.device,
+                                         f"task {task} WTP statistics", self.cfg.train.max_batches,
+                                         self.cfg.progress)
+        self.wtp_stats.fit(feats, labels)
+
+    def wtp_tap(self, task: int) -> None:
+        if task == 0:
+            return
+        cfg = self.cfg
+        train_on_statistics(
+            self.head, self.wtp_stats, self._seen_classes(task), self._earlier_classes(task),
+            n_per_class=cfg.tap.samples_per_class_factor * cfg.train.batch_size, epochs=cfg.tap.epochs,
+            lr=cfg.tap.lr, allowed=self.benchmark.seen_mask(task), device=self.device,
+            seed_epoch=lambda e: self._seed(task, "wtp_tap", e), momentum=cfg.tap.momentum,
+            weight_decay=cfg.tap.weight_decay, where=f"task {task} WTP TAP", progress=cfg.progress)
+
+    def eval_mode(self) -> None:
+        for module in self.trainable_modules().values():
+            module.eval()
