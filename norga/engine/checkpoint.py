@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from norga.engine.faults import maybe_crash
+
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
@@ -24,6 +26,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        maybe_crash(f"checkpoint/{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from norga.engine.faults import maybe_crash
 from norga.engine.loaders import make_loader
 from norga.engine.loops import extract_features, masked_logits
 
@@ -101,11 +102,12 @@ class Evaluator:
         self.vit_passes = state["vit_passes"]
 
     @torch.no_grad()
-    def evaluate(self, model: PromptedModel, upto_task: int) -> EvalResult:
-        """Scores on test tasks ``0..upto_task``."""
+    def evaluate(self, model: PromptedModel, upto_task: int, point: str = "") -> EvalResult:
+        """Scores on test tasks ``0..upto_task``; ``point`` names this evaluation for crash drills."""
         seen = self.benchmark.seen_mask(upto_task)
         result = EvalResult()
         for task in range(upto_task + 1):
+            maybe_crash(f"{point}/test{task}")
             if self.cache:
                 result.tasks.append(self._score_cached(model, task, seen))
             else:

@@ -53,8 +53,8 @@ class WandbLogger(NullLogger):
                               id=resume_id, resume="allow" if resume_id else None)
         self.run_id = self.run.id
         self.run.define_metric("epoch")
-        self.run.define_metric("tii/*", step_metric="epoch")
-        self.run.define_metric("wtp/*", step_metric="epoch")
+        for stage in ("tii_train", "tii_tap", "wtp_train", "wtp_tap"):
+            self.run.define_metric(f"{stage}/*", step_metric="epoch")
         self.run.define_metric("task")
         self.run.define_metric("eval/*", step_metric="task")
 

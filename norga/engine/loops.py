@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from norga.engine.faults import maybe_crash
+from norga.engine.stages import StageContext
 from norga.methods.statistics import ClassStatistics
 
 
@@ -45,13 +47,18 @@ def train_epoch(
     where: str,
     max_batches: int | None = None,
     progress: bool = True,
+    point: str = "",
 ) -> float:
-    """One epoch of ``loss_fn(x, y)`` steps with gradient clipping; returns the mean loss."""
+    """One epoch of ``loss_fn(x, y)`` steps with gradient clipping; returns the mean loss.
+
+    ``point`` names this epoch for crash drills (:mod:`norga.engine.faults`).
+    """
     total, count = 0.0, 0
     batches = tqdm(loader, desc=where, leave=False, disable=not progress)
     for step, (x, y) in enumerate(batches):
         if max_batches is not None and step >= max_batches:
             break
+        maybe_crash(f"{point}/step{step}")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = loss_fn(x, y)
         value = loss.item()
@@ -98,11 +105,11 @@ def train_on_statistics(
     allowed: torch.Tensor,
     device: torch.device,
     seed_epoch: Callable[[int], object],
+    ctx: StageContext,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    where: str = "tap",
     progress: bool = True,
-) -> float:
+) -> None:
     """Task-adaptive prediction: train ``model`` on features sampled from the class Gaussians.
 
     Each epoch samples ``n_per_class`` features for every class in ``classes``, shuffles them, and takes
@@ -112,24 +119,29 @@ def train_on_statistics(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    ctx.attach(optimizer, schedule)
     model.train()
-    loss_value = float("nan")
-    for epoch in tqdm(range(epochs), desc=where, leave=False, disable=not progress):
+    where = f"task {ctx.task} {ctx.stage}"
+    for epoch in tqdm(range(ctx.start_epoch, epochs), desc=where, leave=False, disable=not progress):
+        maybe_crash(f"{ctx.point}/epoch{epoch}")
         seed_epoch(epoch)
         x, y = stats.sample(classes, n_per_class)
         order = torch.randperm(len(y))
         x, y = x[order].to(device), y[order].to(device)
+        total, count = 0.0, 0
         for step in range(steps):
             xb = x[step * n_per_class:(step + 1) * n_per_class]
             yb = y[step * n_per_class:(step + 1) * n_per_class]
             if len(yb) == 0:
                 break
             loss = F.cross_entropy(masked_logits(model(xb), allowed), yb)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(f"{where} epoch {epoch}", step, loss_value)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{where} epoch {epoch}", step, value)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            total, count = total + value * len(yb), count + len(yb)
+        lr_now = optimizer.param_groups[0]["lr"]
         schedule.step()
-    return loss_value
+        ctx.epoch_end(epoch, {"loss": total / max(count, 1), "lr": lr_now})

@@ -16,7 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from norga.data import build_benchmark
 from norga.engine.checkpoint import load_checkpoint, save_atomic
 from norga.engine.evaluate import Evaluator
+from norga.engine.faults import maybe_crash
+from norga.engine.loops import NonFiniteLossError
 from norga.engine.seeding import seed_everything
+from norga.engine.stages import STAGES, StageContext
 from norga.metrics import summarize
 from norga.models.checkpoint_formats import check_checkpoint_available
 from norga.models.vit import build_frozen_backbone
@@ -67,7 +70,19 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 class ContinualRun:
-    """One run: a learner trained task by task on a benchmark, with evaluation after every task."""
+    """One run: a learner trained task by task on a benchmark, with evaluation after every task.
+
+    Checkpoints (``<run dir>/checkpoints``), all written atomically:
+
+    * ``last.pt``: the cursor (task, stage, epoch to do next), the trainable modules, the stage's optimiser
+      and scheduler state, the accuracy matrices and counters; rewritten after every epoch and stage.
+    * ``{tii,wtp}_stats_task_<t>.pt``: the class statistics of task t's classes, written once when they
+      are computed (a class's statistics never change afterwards, and they are large: 2.4 MB per class
+      for a ViT-B covariance).
+    * ``task_<t>.pt``: ``last.pt`` as it was when task t finished; kept.
+
+    No RNG state is stored: every epoch of every stage seeds itself from (seed, task, stage, epoch).
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         self.cfg = cfg
@@ -98,41 +113,73 @@ class ContinualRun:
         self.acc_pre_tap: list[list[float]] = []
         self.tii_acc: list[list[float]] = []
         self.extra: list[dict] = []
+        self.pending_pre_tap: list[float] | None = None
         self.epoch_counter = 0
         self.wall_time = 0.0
+        self._clock = time.perf_counter()
+        self._resume_id: str | None = None
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def _state(self, task: int) -> dict:
-        return {"task": task, "learner": self.learner.state_dict(), "evaluator": self.evaluator.state_dict(),
-                "acc": self.acc, "acc_pre_tap": self.acc_pre_tap, "tii_acc": self.tii_acc, "extra": self.extra,
-                "epoch_counter": self.epoch_counter, "wall_time": self.wall_time, "config": self.config,
-                "logger_run_id": self.logger.run_id}
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.wall_time += now - self._clock
+        self._clock = now
 
-    def _last_checkpoint(self) -> Path | None:
-        found = sorted(self.ckpt_dir.glob("task_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        return found[-1] if found else None
+    def _state(self, cursor: tuple[int, str, int], ctx: StageContext | None = None) -> dict:
+        self._tick()
+        return {
+            "cursor": {"task": cursor[0], "stage": cursor[1], "epoch": cursor[2]},
+            "learner": self.learner.state_dict(stats_classes=[]),
+            "optimizer": ctx.optimizer.state_dict() if ctx is not None and ctx.optimizer is not None else None,
+            "scheduler": ctx.scheduler.state_dict() if ctx is not None and ctx.scheduler is not None else None,
+            "run": {"acc": self.acc, "acc_pre_tap": self.acc_pre_tap, "tii_acc": self.tii_acc,
+                    "extra": self.extra, "pending_pre_tap": self.pending_pre_tap,
+                    "evaluator": self.evaluator.state_dict(), "epoch_counter": self.epoch_counter,
+                    "wall_time": self.wall_time, "logger_run_id": self.logger.run_id},
+            "config": self.config,
+        }
 
-    def _resume(self) -> int:
-        path = self._last_checkpoint()
-        if path is None:
+    def _save(self, cursor: tuple[int, str, int], ctx: StageContext | None = None) -> None:
+        save_atomic(self._state(cursor, ctx), self.ckpt_dir / "last.pt")
+
+    def _save_statistics(self, kind: str, task: int) -> None:
+        state = self.learner.statistics(kind).state_dict(self.benchmark.task_classes[task])
+        save_atomic(state, self.ckpt_dir / f"{kind}_stats_task_{task}.pt")
+
+    def _resume(self) -> tuple[int, str, int, dict | None]:
+        """Load ``last.pt`` and the statistics it depends on; returns the cursor and in-stage state."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            if any(self.ckpt_dir.glob("*.pt")):
+                raise FileNotFoundError(f"{path} is missing but {self.ckpt_dir} holds other checkpoints; restore "
+                                        "it, or start over with resume=false in a new output directory")
             log.info("resume=true but no checkpoint in %s: starting from task 0", self.ckpt_dir)
-            return 0
+            return 0, STAGES[0], 0, None
         state = load_checkpoint(path)
         diff = config_differences(state["config"], self.config)
         if diff:
-            lines = "\n".join(f"  {k}: {_flat(state['config']).get(k)!r} -> {_flat(self.config).get(k)!r}"
-                              for k in diff)
+            old, new = _flat(state["config"]), _flat(self.config)
+            lines = "\n".join(f"  {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
             raise ValueError(f"cannot resume from {path}: the config differs in keys that change results:\n"
                              f"{lines}\nrun with the checkpoint's values, or start a new run directory")
+        cursor = state["cursor"]
+        task, stage, epoch = cursor["task"], cursor["stage"], cursor["epoch"]
         self.learner.load_state_dict(state["learner"])
-        self.evaluator.load_state_dict(state["evaluator"])
-        self.acc, self.acc_pre_tap, self.tii_acc = state["acc"], state["acc_pre_tap"], state["tii_acc"]
-        self.extra, self.epoch_counter = state["extra"], state["epoch_counter"]
-        self.wall_time = state["wall_time"]
-        self._resume_id = state.get("logger_run_id")
-        log.info("resumed from %s: tasks 0..%d done, continuing with task %d", path, state["task"],
-                 state["task"] + 1)
-        return state["task"] + 1
+        position = STAGES.index(stage)
+        for kind in ("tii", "wtp"):
+            stats_done = position > STAGES.index(f"{kind}_stats")
+            for t in list(range(task)) + ([task] if stats_done else []):
+                stats = load_checkpoint(self.ckpt_dir / f"{kind}_stats_task_{t}.pt")
+                self.learner.statistics(kind).load_state_dict(stats, merge=True)
+        run = state["run"]
+        self.acc, self.acc_pre_tap, self.tii_acc = run["acc"], run["acc_pre_tap"], run["tii_acc"]
+        self.extra, self.pending_pre_tap = run["extra"], run["pending_pre_tap"]
+        self.evaluator.load_state_dict(run["evaluator"])
+        self.epoch_counter, self.wall_time = run["epoch_counter"], run["wall_time"]
+        self._resume_id = run["logger_run_id"]
+        log.info("resumed from %s at task %d, stage %s, epoch %d", path, task, stage, epoch)
+        in_stage = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]} if epoch > 0 else None
+        return task, stage, epoch, in_stage
 
     # ---- metrics -----------------------------------------------------------------------------------
     def metrics(self, finished: bool) -> dict:
@@ -160,74 +207,97 @@ class ContinualRun:
         out["config"] = self.config
         return out
 
-    def _write_metrics(self, finished: bool) -> dict:
+    def _write_metrics(self, finished: bool, error: str | None = None) -> dict:
         metrics = self.metrics(finished)
+        if error:
+            metrics["error"] = error
         tmp = self.run_dir / ".metrics.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(self.run_dir / "metrics.json")
         return metrics
 
-    # ---- the run -----------------------------------------------------------------------------------
-    def _on_epoch(self, task: int):
-        def log_epoch(values: dict) -> None:
-            self.epoch_counter += 1
-            self.logger.log({**values, "epoch": self.epoch_counter, "task_id": task})
-        return log_epoch
+    # ---- stages ------------------------------------------------------------------------------------
+    def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:
+        self.epoch_counter += 1
+        self.logger.log({**{f"{ctx.stage}/{k}": v for k, v in values.items()}, "epoch": self.epoch_counter,
+                         "task_id": ctx.task})
+        self._save((ctx.task, ctx.stage, epoch + 1), ctx)
 
-    def _evaluate(self, task: int) -> tuple[list[float], list[float], dict]:
+    def _evaluate(self, task: int, point: str) -> tuple[list[float], list[float], dict]:
         self.learner.eval_mode()
-        result = self.evaluator.evaluate(self.learner, task)
+        result = self.evaluator.evaluate(self.learner, task, point=point)
         extra = {}
         if self.cfg.method.batchwise_prompt:
             extra = {"acc": [s.acc_per_sample_prompt for s in result.tasks],
                      "tii_acc": [s.tii_acc_per_sample_prompt for s in result.tasks]}
         return result.accs, result.tii_accs, extra
 
-    def run_task(self, task: int) -> None:
-        learner, on_epoch = self.learner, self._on_epoch(task)
-        learner.tii_train(task, on_epoch)
-        learner.tii_stats_stage(task)
-        learner.tii_tap(task)
-        learner.wtp_train(task, on_epoch)
-        learner.wtp_stats_stage(task)
-        pre, _, _ = self._evaluate(task)
-        learner.wtp_tap(task)
-        acc, tii, extra = self._evaluate(task)
-        self.acc_pre_tap.append(pre)
-        self.acc.append(acc)
-        self.tii_acc.append(tii)
-        self.extra.append(extra)
+    def _run_stage(self, ctx: StageContext) -> None:
+        task, stage = ctx.task, ctx.stage
+        maybe_crash(f"{ctx.point}/start")
+        if stage in ("tii_train", "tii_tap", "wtp_train", "wtp_tap"):
+            getattr(self.learner, stage)(ctx)
+        elif stage in ("tii_stats", "wtp_stats"):
+            getattr(self.learner, stage)(ctx)
+            self._save_statistics(stage.split("_")[0], task)
+        elif stage == "evaluate_pre_tap":
+            self.pending_pre_tap, _, _ = self._evaluate(task, ctx.point)
+        else:
+            acc, tii, extra = self._evaluate(task, ctx.point)
+            self.acc_pre_tap.append(self.pending_pre_tap)
+            self.acc.append(acc)
+            self.tii_acc.append(tii)
+            self.extra.append(extra)
+            self.pending_pre_tap = None
+
+    def run_task(self, task: int, stage: str = STAGES[0], epoch: int = 0, in_stage: dict | None = None) -> None:
+        """Run task ``task`` from ``stage``/``epoch`` on (restoring ``in_stage`` optimiser state), checkpoint
+        after every epoch and stage, and record its row of the accuracy matrices."""
+        for name in STAGES[STAGES.index(stage):]:
+            ctx = StageContext(task, name, start_epoch=epoch, on_epoch_end=self._epoch_end,
+                               optimizer_state=(in_stage or {}).get("optimizer"),
+                               scheduler_state=(in_stage or {}).get("scheduler"))
+            epoch, in_stage = 0, None
+            self._run_stage(ctx)
+            following = STAGES.index(name) + 1
+            if following < len(STAGES):
+                self._save((task, STAGES[following], 0))
+        self._finish_task(task)
+
+    def _finish_task(self, task: int) -> None:
+        state = self._state((task + 1, STAGES[0], 0))
+        save_atomic(state, self.ckpt_dir / "last.pt")
+        save_atomic(state, self.ckpt_dir / f"task_{task}.pt")
+        metrics = self._write_metrics(finished=task == self.benchmark.num_tasks - 1)
+        n = len(self.acc[-1])
+        log.info("task %d/%d: acc [%s] | avg %.2f (pre-TAP %.2f) | TII %.2f | %.0fs", task + 1,
+                 self.benchmark.num_tasks, " ".join(f"{a:.1f}" for a in self.acc[-1]), sum(self.acc[-1]) / n,
+                 sum(self.acc_pre_tap[-1]) / n, sum(self.tii_acc[-1]) / n, self.wall_time)
+        self.logger.log({"task": task, "eval/avg_acc": metrics["final_avg_acc"],
+                         "eval/avg_acc_pre_tap": sum(self.acc_pre_tap[-1]) / n, "eval/tii_acc": metrics["tii_acc"],
+                         **{f"eval/acc_task_{j}": a for j, a in enumerate(self.acc[-1])}})
+        self.logger.log_matrix("acc_matrix", self.acc, task)
 
     def run(self) -> dict:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._resume_id = None
-        start = self._resume() if cfg.resume else 0
-        if not cfg.resume and self._last_checkpoint() is not None:
-            raise FileExistsError(f"{self.ckpt_dir} already holds checkpoints: pass resume=true to continue "
-                                  "that run, or use a new output directory")
+        if cfg.resume:
+            task, stage, epoch, in_stage = self._resume()
+        else:
+            if any(self.ckpt_dir.glob("*.pt")):
+                raise FileExistsError(f"{self.ckpt_dir} already holds checkpoints: pass resume=true to continue "
+                                      "that run, or use a new output directory")
+            task, stage, epoch, in_stage = 0, STAGES[0], 0, None
         self.logger.start(self.config, self.run_dir, resume_id=self._resume_id)
+        self._clock = time.perf_counter()
         exit_code = 1
         try:
             if cfg.backbone.name == "tiny":
                 log.info("backbone: the embedded tiny ViT, pre-trained on generated images "
                          "(scripts/pretrain_embedded_vit.py), for demos and tests only")
-            for task in range(start, self.benchmark.num_tasks):
-                started = time.perf_counter()
-                self.run_task(task)
-                self.wall_time += time.perf_counter() - started
-                save_atomic(self._state(task), self.ckpt_dir / f"task_{task}.pt")
-                metrics = self._write_metrics(finished=task == self.benchmark.num_tasks - 1)
-                row = " ".join(f"{a:.1f}" for a in self.acc[-1])
-                log.info("task %d/%d: acc [%s] | avg %.2f (pre-TAP %.2f) | TII %.2f | %.0fs", task + 1,
-                         self.benchmark.num_tasks, row, sum(self.acc[-1]) / len(self.acc[-1]),
-                         sum(self.acc_pre_tap[-1]) / len(self.acc_pre_tap[-1]),
-                         sum(self.tii_acc[-1]) / len(self.tii_acc[-1]), self.wall_time)
-                self.logger.log({"task": task, "eval/avg_acc": metrics["final_avg_acc"],
-                                 "eval/avg_acc_pre_tap": sum(self.acc_pre_tap[-1]) / len(self.acc_pre_tap[-1]),
-                                 "eval/tii_acc": metrics["tii_acc"],
-                                 **{f"eval/acc_task_{j}": a for j, a in enumerate(self.acc[-1])}})
-                self.logger.log_matrix("acc_matrix", self.acc, task)
+            while task < self.benchmark.num_tasks:
+                self.run_task(task, stage, epoch, in_stage)
+                task, stage, epoch, in_stage = task + 1, STAGES[0], 0, None
             metrics = self._write_metrics(finished=True)
             summary = {k: metrics[k] for k in ("final_avg_acc", "cum_avg_acc", "forgetting", "tii_acc",
                                                "final_avg_acc_pre_tap", "vit_passes", "wall_time_s")}
@@ -238,6 +308,11 @@ class ContinualRun:
                      self.run_dir / "metrics.json")
             exit_code = 0
             return metrics
+        except NonFiniteLossError as e:
+            # last.pt already holds the state before the failing epoch; record the failure beside it
+            self._write_metrics(finished=False, error=str(e))
+            log.error("%s (checkpoint: %s)", e, self.ckpt_dir / "last.pt")
+            raise
         finally:
             self.logger.finish(exit_code)
 

@@ -20,6 +20,7 @@ from norga.engine.loaders import make_loader
 from norga.engine.loops import autocast, extract_features, masked_logits, train_epoch, train_on_statistics
 from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
 from norga.engine.seeding import seed_stage
+from norga.engine.stages import StageContext
 from norga.methods.statistics import ClassStatistics
 from norga.models.prompts import PromptPool
 from norga.models.tii import TIIHead
@@ -58,8 +59,8 @@ class HiDePrompt:
                                   gate=self.gate_name(), layout=method.prefix_layout).to(device)
         self.head = nn.Linear(dim, num_classes).to(device)
         init_linear(self.head)
-        self.tii_stats = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
-        self.wtp_stats = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
+        self.tii_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
+        self.wtp_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
 
     def gate_name(self) -> str | None:
         if self.cfg.method.gate is not None:
@@ -71,17 +72,23 @@ class HiDePrompt:
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"tii": self.tii, "prompts": self.prompts, "head": self.head}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, stats_classes: list[int] | None = None) -> dict:
+        """Trainable modules and the class statistics of ``stats_classes`` (default: all classes)."""
         state = {name: m.state_dict() for name, m in self.trainable_modules().items()}
-        state["tii_stats"] = self.tii_stats.state_dict()
-        state["wtp_stats"] = self.wtp_stats.state_dict()
+        state["tii_stats"] = self.tii_statistics.state_dict(stats_classes)
+        state["wtp_stats"] = self.wtp_statistics.state_dict(stats_classes)
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, merge_stats: bool = False) -> None:
+        """Restore modules and statistics; ``merge_stats`` adds the classes to those already loaded."""
         for name, module in self.trainable_modules().items():
             module.load_state_dict(state[name])
-        self.tii_stats.load_state_dict(state["tii_stats"])
-        self.wtp_stats.load_state_dict(state["wtp_stats"])
+        self.tii_statistics.load_state_dict(state["tii_stats"], merge=merge_stats)
+        self.wtp_statistics.load_state_dict(state["wtp_stats"], merge=merge_stats)
+
+    def statistics(self, kind: str) -> ClassStatistics:
+        """The class statistics of the ``tii`` or the ``wtp`` model."""
+        return {"tii": self.tii_statistics, "wtp": self.wtp_statistics}[kind]
 
     # ---- forward paths used by training and the evaluator ----------------------------------------------
     def _amp(self):
@@ -121,49 +128,52 @@ class HiDePrompt:
         return [c for classes in self.benchmark.task_classes[:task + 1] for c in classes]
 
     # ---- stages ------------------------------------------------------------------------------------
-    def tii_train(self, task: int, on_epoch=None) -> None:
-        cfg, tii = self.cfg, self.cfg.tii
+    # Each stage takes a StageContext: it starts at ctx.start_epoch (restoring the optimiser state the
+    # engine hands back when resuming) and calls ctx.epoch_end after every epoch.
+
+    def tii_train(self, ctx: StageContext) -> None:
+        cfg, tii, task = self.cfg, self.cfg.tii, ctx.task
         lr = scaled_lr(tii.lr, cfg.train.batch_size)
         optimizer = build_optimizer(cfg.optimizer, [(list(self.tii.parameters()), lr)])
+        ctx.attach(optimizer)
         allowed = self.benchmark.class_mask(task)
         self.tii.train()
 
         def loss_fn(x, y):
             return F.cross_entropy(masked_logits(self.tii(self.backbone_features(x)), allowed), y)
 
-        for epoch in range(tii.epochs):
+        for epoch in range(ctx.start_epoch, tii.epochs):
             gen = self._seed(task, "tii_train", epoch)
             lr_now = set_epoch_lr(optimizer, tii.scheduler, epoch, tii.epochs)
             loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer,
                                list(self.tii.parameters()), self.device, None,
                                f"task {task} TII epoch {epoch + 1}/{tii.epochs}", cfg.train.max_batches,
-                               cfg.progress)
-            if on_epoch:
-                on_epoch({"tii/loss": loss, "tii/lr": lr_now})
+                               cfg.progress, point=f"{ctx.point}/epoch{epoch}")
+            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
 
     @torch.no_grad()
-    def tii_stats_stage(self, task: int) -> None:
+    def tii_stats(self, ctx: StageContext) -> None:
+        task = ctx.task
         self._seed(task, "tii_stats")
         feats, labels = extract_features(self.backbone_features, self._train_loader(task, False, None),
                                          self.device, f"task {task} TII statistics", self.cfg.train.max_batches,
                                          self.cfg.progress)
-        self.tii_stats.fit(feats, labels)
+        self.tii_statistics.fit(feats, labels)
 
-    def tii_tap(self, task: int) -> None:
+    def tii_tap(self, ctx: StageContext) -> None:
+        task, cfg = ctx.task, self.cfg
         if task == 0:
             return
-        cfg = self.cfg
         train_on_statistics(
-            self.tii, self.tii_stats, self._seen_classes(task), self._earlier_classes(task),
+            self.tii, self.tii_statistics, self._seen_classes(task), self._earlier_classes(task),
             n_per_class=cfg.train.batch_size, epochs=cfg.tii.tap.epochs,
             lr=scaled_lr(cfg.tii.tap.lr, cfg.train.batch_size), allowed=self.benchmark.seen_mask(task),
-            device=self.device, seed_epoch=lambda e: self._seed(task, "tii_tap", e),
-            momentum=cfg.tii.tap.momentum, weight_decay=cfg.tii.tap.weight_decay,
-            where=f"task {task} TII TAP", progress=cfg.progress)
+            device=self.device, seed_epoch=lambda e: self._seed(task, "tii_tap", e), ctx=ctx,
+            momentum=cfg.tii.tap.momentum, weight_decay=cfg.tii.tap.weight_decay, progress=cfg.progress)
 
-    def wtp_train(self, task: int, on_epoch=None) -> None:
-        cfg, method = self.cfg, self.cfg.method
-        if task > 0:
+    def wtp_train(self, ctx: StageContext) -> None:
+        cfg, method, task = self.cfg, self.cfg.method, ctx.task
+        if task > 0 and ctx.start_epoch == 0:
             self.prompts.copy_prompt(task - 1, task)
         if self.prompts.gate_params is not None:
             # alpha and tau are shared by all tasks and learned during the first task only (faithful).
@@ -176,10 +186,11 @@ class HiDePrompt:
         else:
             groups = [(prompt_params + head_params, lr)]
         optimizer = build_optimizer(cfg.optimizer, groups)
+        ctx.attach(optimizer)
         params = prompt_params + head_params
         momentum = method.prompt_momentum if task > 0 else 0.0
         allowed = self.benchmark.class_mask(task)
-        means = self.wtp_stats.mean_matrix(self.device)
+        means = self.wtp_statistics.mean_matrix(self.device)
         self.prompts.train()
         self.head.train()
 
@@ -191,35 +202,39 @@ class HiDePrompt:
             return loss
 
         epochs = cfg.train.epochs
-        for epoch in range(epochs):
+        for epoch in range(ctx.start_epoch, epochs):
             gen = self._seed(task, "wtp_train", epoch)
             lr_now = set_epoch_lr(optimizer, cfg.scheduler, epoch, epochs)
             loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer, params, self.device,
                                cfg.train.clip_grad, f"task {task} WTP epoch {epoch + 1}/{epochs}",
-                               cfg.train.max_batches, cfg.progress)
-            if on_epoch:
-                on_epoch({"wtp/loss": loss, "wtp/lr": lr_now})
-        self.prompts.commit_momentum(task, momentum)
+                               cfg.train.max_batches, cfg.progress, point=f"{ctx.point}/epoch{epoch}")
+            if epoch == epochs - 1:
+                # fold the momentum mix into the stored prompt before the last checkpoint of the stage
+                self.prompts.commit_momentum(task, momentum)
+            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        if epochs == 0:
+            self.prompts.commit_momentum(task, momentum)
 
     @torch.no_grad()
-    def wtp_stats_stage(self, task: int) -> None:
+    def wtp_stats(self, ctx: StageContext) -> None:
+        task = ctx.task
         self._seed(task, "wtp_stats")
         feats, labels = extract_features(lambda x: self.task_features(x, task),
                                          self._train_loader(task, False, None), self.device,
                                          f"task {task} WTP statistics", self.cfg.train.max_batches,
                                          self.cfg.progress)
-        self.wtp_stats.fit(feats, labels)
+        self.wtp_statistics.fit(feats, labels)
 
-    def wtp_tap(self, task: int) -> None:
+    def wtp_tap(self, ctx: StageContext) -> None:
+        task, cfg = ctx.task, self.cfg
         if task == 0:
             return
-        cfg = self.cfg
         train_on_statistics(
-            self.head, self.wtp_stats, self._seen_classes(task), self._earlier_classes(task),
+            self.head, self.wtp_statistics, self._seen_classes(task), self._earlier_classes(task),
             n_per_class=cfg.tap.samples_per_class_factor * cfg.train.batch_size, epochs=cfg.tap.epochs,
             lr=cfg.tap.lr, allowed=self.benchmark.seen_mask(task), device=self.device,
-            seed_epoch=lambda e: self._seed(task, "wtp_tap", e), momentum=cfg.tap.momentum,
-            weight_decay=cfg.tap.weight_decay, where=f"task {task} WTP TAP", progress=cfg.progress)
+            seed_epoch=lambda e: self._seed(task, "wtp_tap", e), ctx=ctx, momentum=cfg.tap.momentum,
+            weight_decay=cfg.tap.weight_decay, progress=cfg.progress)
 
     def eval_mode(self) -> None:
         for module in self.trainable_modules().values():

@@ -1,0 +1,295 @@
+"""Data parallelism under ``torchrun --nproc_per_node=N run.py ...``: process group, sharding, gathering.
+
+The configured ``train.batch_size`` is the GLOBAL batch. Global batch ``b`` of an N-process run holds exactly
+the samples of batch ``b`` of the one-process run with the same generator, and rank ``r`` takes the samples
+``r::N`` of it (:class:`ShardedBatchSampler`). With DDP averaging the gradients, a loss that is a mean over
+the local samples, and the contrastive term computed by every rank from the features of all ranks
+(:func:`all_gather_with_grad`), one step on N ranks x B/N samples equals one step of one process on the B
+samples, up to fp32 rounding (``tests/test_distributed.py``).
+
+Everything here is a no-op or an identity in a single process, so the engine calls it unconditionally.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size``, ``local_rank`` on its node, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={name} asked for, but torch sees no CUDA device; use device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    MASTER_PORT); nccl on CUDA, gloo on CPU. Without those variables (or WORLD_SIZE=1): a single process,
+    no process group. ``device`` is ``auto``, ``cpu`` or ``cuda``; on CUDA each rank takes GPU LOCAL_RANK."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    dev = _pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one that writes outputs, checkpoints and W&B."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (at the end of a run, also after an error)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (picklable objects: a run directory, a config, a decision)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _sizes(tensor: torch.Tensor) -> list[int]:
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    return [int(s) for s in sizes]
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensors of all ranks concatenated along dim 0 in rank order (no gradient). Ranks may hold
+    different numbers of rows; the other dims must agree. For class statistics and evaluation features."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.detach().contiguous()
+    sizes = _sizes(tensor)
+    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Like :func:`all_gather_cat`, differentiable: the gradient reaching rank r's rows is the SUM over ranks
+    of the gradients of the gathered tensor. When every rank computes the same loss from it (the contrastive
+    term), that is N x the one-process gradient, and DDP's averaging divides the N back out: exact."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = _sizes(tensor)
+    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    return torch.cat([p[:n] for p, n in zip(all_gather(padded), sizes)])
+
+
+def gather_in_order(local: torch.Tensor, local_indices: torch.Tensor, total: int) -> torch.Tensor:
+    """Rows that the ranks computed for dataset indices ``local_indices`` (e.g. a
+    :class:`ShardedBatchSampler`'s :meth:`~ShardedBatchSampler.local_indices`), gathered and put back in
+    dataset order ``0..total-1``: the same tensor, in the same order, as one process computes."""
+    rows = all_gather_cat(local)
+    index = all_gather_cat(local_indices.to(rows.device))
+    if len(index) != total or not torch.equal(index.sort().values, torch.arange(total, device=index.device)):
+        raise ValueError(f"the ranks' indices do not cover 0..{total - 1} exactly once")
+    out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    out[index] = rows
+    return out
+
+
+def local_loss_weight(local_count: int, global_count: int, world_size: int | None = None) -> float:
+    """Factor for a loss that is a mean over this rank's ``local_count`` samples, so that DDP's average over
+    ranks gives the mean over the ``global_count`` samples of the global batch even when the shards differ
+    in size (the last batch). 1.0 when shards are equal."""
+    world_size = get_world_size() if world_size is None else world_size
+    return world_size * local_count / global_count if global_count else 0.0
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices for one rank, such that the ranks together see exactly the batches of a
+    single process.
+
+    The single-process order is ``torch.randperm(n, generator)`` when shuffling (what ``DataLoader(shuffle=
+    True, generator=g)`` draws) or ``0..n-1``; global batch ``b`` is its slice ``[b*B, (b+1)*B)`` and rank
+    ``r`` of ``W`` gets that slice's elements ``r::W``. Nothing is padded or duplicated: every rank yields
+    the same number of batches (so DDP never waits on a missing step), and when ``B`` or the last batch is
+    not a multiple of ``W`` the shards differ by one sample (weight the loss with :func:`local_loss_weight`).
+    The permutation is drawn when iteration starts, from ``generator`` (which every rank seeds alike).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if shuffle and generator is None:
+            raise ValueError("a shuffled sharded sampler needs a generator seeded alike on every rank")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.shuffle, self.generator, self.drop_last = shuffle, generator, drop_last
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+        if self.world_size > batch_size:
+            raise ValueError(f"global batch {batch_size} is smaller than the {self.world_size} processes")
+        self._order: list[int] | None = None
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def global_batches(self) -> list[list[int]]:
+        """The single-process batches (draws the permutation)."""
+        if self.shuffle:
+            order = torch.randperm(self.num_samples, generator=self.generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        self._order = order
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield batch[self.rank::self.world_size]
+
+    def local_indices(self) -> torch.Tensor:
+        """Every index this rank saw in the last iteration, in the order it saw them."""
+        if self._order is None:
+            raise RuntimeError("local_indices() is known once iteration has started")
+        order = self._order
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+        return torch.tensor([i for b in batches for i in b[self.rank::self.world_size]], dtype=torch.long)
+
+
+def shard_sampler(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    epoch: int = 0,
+    drop_last: bool = False,
+) -> ShardedBatchSampler:
+    """A :class:`ShardedBatchSampler` over ``dataset`` for this process. The shuffling order comes from
+    ``generator``, or else from ``(seed, epoch)`` (``DistributedSampler``'s convention)."""
+    if shuffle and generator is None:
+        if seed is None:
+            raise ValueError("shuffling needs a generator or a seed")
+        generator = torch.Generator().manual_seed(seed + epoch)
+    return ShardedBatchSampler(len(dataset), batch_size, shuffle, generator, drop_last)
+
+
+def shard_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """``norga.engine.loaders.make_loader`` with a global ``batch_size`` split over the processes: with one
+    process it yields exactly ``make_loader``'s batches (same generator draws, same order)."""
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, generator, drop_last)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        generator=generator,  # DataLoader draws its worker base seed from it first, as make_loader does
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+class TrainStep(nn.Module):
+    """The trainable modules of a stage and the function that computes its loss from them.
+
+    DDP synchronises gradients of the parameters of the module whose ``forward`` ran; the learner's
+    forward is a function of a frozen backbone plus prompts and heads, so this holds the trainable modules
+    (the frozen backbone stays outside: nothing to broadcast or reduce) and runs ``fn`` as its forward.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.trainable = nn.ModuleDict(modules)
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+def data_parallel(modules: dict[str, nn.Module], fn: Callable[..., Any], info: DistInfo | None = None) -> nn.Module:
+    """``fn`` wrapped so that gradients of ``modules``' trainable parameters are averaged over the ranks
+    (DDP); a plain :class:`TrainStep` in a single process. Wrap again whenever the set of trainable
+    parameters changes (e.g. alpha/tau freezing after the first task): DDP fixes it at construction."""
+    step = TrainStep(modules, fn)
+    if not is_distributed():
+        return step
+    device = info.device if info is not None else next(step.parameters()).device
+    device_ids = [device] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(step, device_ids=device_ids, broadcast_buffers=False)
+
+
+def shard_sizes(global_count: int, world_size: int) -> list[int]:
+    """How many of ``global_count`` samples each rank gets under :class:`ShardedBatchSampler`'s split."""
+    return [math.ceil((global_count - r) / world_size) for r in range(world_size)]

@@ -1,0 +1,110 @@
+"""Crash safety: a run killed (SIGKILL) at any point and resumed ends exactly where an uninterrupted run
+ends; checkpoints are atomic; bad checkpoints, changed configs and non-finite losses fail clearly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from norga.engine.checkpoint import CorruptCheckpointError, load_checkpoint, save_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ["progress=false", "backbone.pretrained=false", "dataset.num_tasks=2", "train.epochs=2", "tii.epochs=2",
+       "tap.epochs=3", "tii.tap.epochs=2", "train.batch_size=16", "train.max_batches=3",
+       "eval.max_samples_per_task=24", "tap.samples_per_class_factor=1", "method.prompt_length=2",
+       "method.prompt_layers=[0,1]"]
+COMPARED = ("acc_matrix", "acc_matrix_pre_tap", "tii_acc_matrix", "final_avg_acc", "cum_avg_acc", "forgetting",
+            "tii_acc")
+
+
+def launch(run_dir: Path, extra=(), crash_at=None, logger="none"):
+    env = {k: v for k, v in os.environ.items() if k != "NORGA_CRASH_AT"}
+    if crash_at:
+        env["NORGA_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "run.py", *RUN, f"logger={logger}", f"hydra.run.dir={run_dir}", *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    done = launch(run_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("point", [
+    "task1/wtp_train/epoch1/step1",   # mid-epoch
+    "task1/wtp_train/start",          # between the TII and the WTP stages
+    "task1/wtp_tap/epoch1",           # during TAP
+    "task1/evaluate/test0",           # during evaluation
+    "checkpoint/last.pt",             # while the very first checkpoint is being written
+])
+def test_killed_and_resumed_run_equals_uninterrupted_run(point, uninterrupted, tmp_path):
+    killed = launch(tmp_path, crash_at=point)
+    assert killed.returncode == -9, f"the crash point {point} was never reached:\n{killed.stderr[-2000:]}"
+    assert not (tmp_path / "metrics.json").exists() or not json.loads((tmp_path / "metrics.json").read_text())[
+        "finished"]
+    resumed = launch(tmp_path, ["resume=true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["finished"]
+    for key in COMPARED:
+        assert metrics[key] == uninterrupted[key], key
+    assert "resumed from" in (tmp_path / "run.log").read_text() or point == "checkpoint/last.pt"
+
+
+def test_wandb_run_resumes_into_the_same_run_id(tmp_path):
+    killed = launch(tmp_path, crash_at="task1/tii_train/start", logger="wandb")
+    assert killed.returncode == -9
+    assert launch(tmp_path, ["resume=true"], logger="wandb").returncode == 0
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({name.rsplit("-", 1)[1] for name in runs}) == 1, runs
+
+
+def test_atomic_write_leaves_old_or_new_file(tmp_path):
+    path = tmp_path / "state.pt"
+    save_atomic({"v": 1}, path)
+    save_atomic({"v": 2}, path)
+    assert load_checkpoint(path) == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_reported_with_its_path(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"weights": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CorruptCheckpointError, match=f"{path}.*resume=false"):
+        load_checkpoint(path)
+
+
+def test_resume_with_truncated_last_checkpoint_stops_and_says_so(tmp_path):
+    assert launch(tmp_path, crash_at="task1/tii_train/start").returncode == -9
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    resumed = launch(tmp_path, ["resume=true"])
+    assert resumed.returncode != 0 and "cannot be read" in resumed.stderr and str(last) in resumed.stderr
+
+
+def test_non_finite_loss_stops_with_its_place_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from norga.config import register
+    from norga.engine.loops import NonFiniteLossError
+    from norga.engine.run import ContinualRun
+    from norga.methods import hide_prompt
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=RUN + ["logger=none"])
+    monkeypatch.setattr(hide_prompt, "contrastive_loss", lambda *a: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"task 0 WTP epoch 1/2, step 0"):
+        ContinualRun(cfg, tmp_path).run()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert not metrics["finished"] and "non-finite loss" in metrics["error"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["cursor"] == {"task": 0, "stage": "wtp_train",
+                                                                               "epoch": 0}
