@@ -145,8 +145,9 @@ class HiDePrompt:
         for epoch in range(ctx.start_epoch, tii.epochs):
             gen = self._seed(task, "tii_train", epoch)
             lr_now = set_epoch_lr(optimizer, tii.scheduler, epoch, tii.epochs)
+            # the reference clips the TII gradients with the same clip_grad as the prompts
             loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer,
-                               list(self.tii.parameters()), self.device, None,
+                               list(self.tii.parameters()), self.device, cfg.train.clip_grad,
                                f"task {task} TII epoch {epoch + 1}/{tii.epochs}", cfg.train.max_batches,
                                cfg.progress, point=f"{ctx.point}/epoch{epoch}")
             ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
