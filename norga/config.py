@@ -112,6 +112,9 @@ class TIIConfig:
     mlp_structure: list[int] = field(default_factory=lambda: [2])
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="step"))
     tap: TIITAPConfig = field(default_factory=TIITAPConfig)
+    # Train the MLP on backbone features computed once per task (no augmentation). Off in the paper presets:
+    # their augmentation changes the features every epoch, so this changes results (and is far faster).
+    feature_cache: bool = False
 
 
 @dataclass

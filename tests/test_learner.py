@@ -138,3 +138,15 @@ def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path):
     make_run(tmp_path, ["dataset.num_tasks=2"]).run()
     with pytest.raises(FileExistsError, match="resume=true"):
         make_run(tmp_path, ["dataset.num_tasks=2"]).run()
+
+
+def test_tii_feature_cache_runs_the_backbone_once_per_task(tmp_path):
+    run = make_run(tmp_path, ["tii.feature_cache=true", "tii.epochs=3", "train.max_batches=null"])
+    learner = run.learner
+    calls = []
+    real = learner.backbone_features
+    learner.backbone_features = lambda x: calls.append(len(x)) or real(x)
+    learner.tii_train(StageContext(0, "tii_train"))
+    learner.tii_stats(StageContext(0, "tii_stats"))
+    assert sum(calls) == len(run.benchmark.train_set(0)), "one pass over the task's images, reused by statistics"
+    assert len(learner.tii_statistics) == 2

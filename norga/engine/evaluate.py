@@ -91,15 +91,18 @@ class Evaluator:
         self.batchwise_prompt = batchwise_prompt
         self.progress = progress
         self.vit_passes = 0.0  # in whole test sets: a pass over k of n images counts k / n
+        self.prompt_changes = 0  # samples re-run because TII picked a prompt not yet computed for them
+        self._has_prompted: dict[int, torch.Tensor] = {}  # test task -> (n,) any prompted feature cached
         self._cls: dict[int, torch.Tensor] = {}
         self._labels: dict[int, torch.Tensor] = {}
         self._prompted: dict[tuple[int, int], torch.Tensor] = {}  # (test task, prompt) -> (n, D), NaN = not yet
 
     def state_dict(self) -> dict:
-        return {"vit_passes": self.vit_passes}
+        return {"vit_passes": self.vit_passes, "prompt_changes": self.prompt_changes}
 
     def load_state_dict(self, state: dict) -> None:
         self.vit_passes = state["vit_passes"]
+        self.prompt_changes = state.get("prompt_changes", 0)
 
     @torch.no_grad()
     def evaluate(self, model: PromptedModel, upto_task: int, point: str = "") -> EvalResult:
@@ -173,6 +176,9 @@ class Evaluator:
                 cached[missing] = computed
                 self._prompted[(task, p)] = cached
                 self.vit_passes += len(missing) / n
+                seen_before = self._has_prompted.setdefault(task, torch.zeros(n, dtype=torch.bool))
+                self.prompt_changes += int(seen_before[missing].sum())
+                seen_before[missing] = True
             if feats is None:
                 feats = torch.empty(n, cached.shape[1])
             feats[want] = cached[want]

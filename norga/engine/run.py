@@ -203,6 +203,7 @@ class ContinualRun:
         if self.cfg.method.batchwise_prompt and self.extra:
             out["per_sample_prompt"] = self.extra[-1]
         out["vit_passes"] = round(self.evaluator.vit_passes, 4)
+        out["prompt_changes"] = self.evaluator.prompt_changes
         out["wall_time_s"] = round(self.wall_time, 2)
         out["config"] = self.config
         return out

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from norga.engine.loaders import make_loader
 from norga.engine.loops import autocast, extract_features, masked_logits, train_epoch, train_on_statistics
@@ -61,6 +62,7 @@ class HiDePrompt:
         init_linear(self.head)
         self.tii_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
         self.wtp_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
+        self._tii_features: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def gate_name(self) -> str | None:
         if self.cfg.method.gate is not None:
@@ -138,27 +140,44 @@ class HiDePrompt:
         ctx.attach(optimizer)
         allowed = self.benchmark.class_mask(task)
         self.tii.train()
+        if tii.feature_cache:
+            # one backbone pass without augmentation, then MLP epochs on the cached features
+            features, labels = self._backbone_train_features(task)
+            cached = TensorDataset(features, labels)
 
         def loss_fn(x, y):
-            return F.cross_entropy(masked_logits(self.tii(self.backbone_features(x)), allowed), y)
+            feats = x if tii.feature_cache else self.backbone_features(x)
+            return F.cross_entropy(masked_logits(self.tii(feats), allowed), y)
 
         for epoch in range(ctx.start_epoch, tii.epochs):
             gen = self._seed(task, "tii_train", epoch)
             lr_now = set_epoch_lr(optimizer, tii.scheduler, epoch, tii.epochs)
+            if tii.feature_cache:
+                loader = make_loader(cached, cfg.train.batch_size, torch.device("cpu"), shuffle=True, generator=gen)
+            else:
+                loader = self._train_loader(task, True, gen)
             # the reference clips the TII gradients with the same clip_grad as the prompts
-            loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer,
-                               list(self.tii.parameters()), self.device, cfg.train.clip_grad,
-                               f"task {task} TII epoch {epoch + 1}/{tii.epochs}", cfg.train.max_batches,
-                               cfg.progress, point=f"{ctx.point}/epoch{epoch}")
+            loss = train_epoch(loss_fn, loader, optimizer, list(self.tii.parameters()), self.device,
+                               cfg.train.clip_grad, f"task {task} TII epoch {epoch + 1}/{tii.epochs}",
+                               cfg.train.max_batches, cfg.progress, point=f"{ctx.point}/epoch{epoch}")
             ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
 
     @torch.no_grad()
+    def _backbone_train_features(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen backbone's features of task ``task``'s training images (evaluation transform); kept
+        for the task's statistics stage, which needs exactly these."""
+        if self._tii_features is None or self._tii_features[0] != task:
+            self._seed(task, "tii_stats")
+            feats, labels = extract_features(self.backbone_features, self._train_loader(task, False, None),
+                                             self.device, f"task {task} backbone features",
+                                             self.cfg.train.max_batches, self.cfg.progress)
+            self._tii_features = (task, feats, labels)
+        return self._tii_features[1], self._tii_features[2]
+
+    @torch.no_grad()
     def tii_stats(self, ctx: StageContext) -> None:
-        task = ctx.task
-        self._seed(task, "tii_stats")
-        feats, labels = extract_features(self.backbone_features, self._train_loader(task, False, None),
-                                         self.device, f"task {task} TII statistics", self.cfg.train.max_batches,
-                                         self.cfg.progress)
+        feats, labels = self._backbone_train_features(ctx.task)
+        self._tii_features = None
         self.tii_statistics.fit(feats, labels)
 
     def tii_tap(self, ctx: StageContext) -> None:
