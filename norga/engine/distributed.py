@@ -2,10 +2,13 @@
 
 The configured ``train.batch_size`` is the GLOBAL batch. Global batch ``b`` of an N-process run holds exactly
 the samples of batch ``b`` of the one-process run with the same generator, and rank ``r`` takes the samples
-``r::N`` of it (:class:`ShardedBatchSampler`). With DDP averaging the gradients, a loss that is a mean over
-the local samples, and the contrastive term computed by every rank from the features of all ranks
-(:func:`all_gather_with_grad`), one step on N ranks x B/N samples equals one step of one process on the B
-samples, up to fp32 rounding (``tests/test_distributed.py``).
+``r::N`` of it (:class:`ShardedBatchSampler`). With DDP averaging the gradients (:func:`data_parallel`), a
+loss that is a mean over the local samples (times :func:`local_loss_weight` when shards differ in size), and
+the contrastive term computed by every rank from the features of all ranks (:func:`all_gather_with_grad`),
+one step on N ranks x B/N samples equals one step of one process on the B samples, up to fp32 rounding
+(``tests/test_distributed.py``). Per-sample features for statistics come back in dataset order through
+:func:`gather_in_order`. Whole runs match a single process only where the per-sample randomness (training
+augmentation) does not depend on which process draws it.
 
 Everything here is a no-op or an identity in a single process, so the engine calls it unconditionally.
 """
@@ -108,37 +111,67 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def _comm_device() -> torch.device:
+    """Where collectives run: nccl only moves CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _sizes(tensor: torch.Tensor) -> list[int]:
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    n = torch.tensor([tensor.shape[0]], device=_comm_device())
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
     return [int(s) for s in sizes]
 
 
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    return F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, rows - tensor.shape[0]))
+
+
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensors of all ranks concatenated along dim 0 in rank order (no gradient). Ranks may hold
-    different numbers of rows; the other dims must agree. For class statistics and evaluation features."""
+    """The tensors of all ranks concatenated along dim 0 in rank order (no gradient), on ``tensor``'s
+    device. Ranks may hold different numbers of rows; the other dims and the dtype must agree. For class
+    statistics and evaluation features."""
     if not is_distributed():
         return tensor
-    tensor = tensor.detach().contiguous()
     sizes = _sizes(tensor)
-    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    padded = _pad_rows(tensor.detach().to(_comm_device()), max(sizes)).contiguous()
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(tensor.device)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: all ranks' rows in rank order. Backward: the gathered tensor's gradient summed over ranks
+    (all_reduce), of which each rank keeps its own rows. Public collectives only, any row counts."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        sizes = _sizes(tensor)
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        padded = _pad_rows(tensor.detach(), max(sizes)).contiguous()
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad[start:start + ctx.sizes[ctx.rank]]
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Like :func:`all_gather_cat`, differentiable: the gradient reaching rank r's rows is the SUM over ranks
-    of the gradients of the gathered tensor. When every rank computes the same loss from it (the contrastive
-    term), that is N x the one-process gradient, and DDP's averaging divides the N back out: exact."""
+    """Like :func:`all_gather_cat`, differentiable (``tensor`` must live where the collectives run: CUDA for
+    nccl, CPU for gloo). The gradient reaching rank r's rows is the SUM over ranks of the gradients of the
+    gathered tensor, as in ``torch.distributed.nn.functional.all_gather``. When every rank computes the same
+    loss from it (the contrastive term), that is N x the one-process gradient, and DDP's averaging divides
+    the N back out: exact."""
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = _sizes(tensor)
-    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
-    return torch.cat([p[:n] for p, n in zip(all_gather(padded), sizes)])
+    return _GatherWithGrad.apply(tensor)
 
 
 def gather_in_order(local: torch.Tensor, local_indices: torch.Tensor, total: int) -> torch.Tensor:
@@ -152,6 +185,15 @@ def gather_in_order(local: torch.Tensor, local_indices: torch.Tensor, total: int
     out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
     out[index] = rows
     return out
+
+
+def global_count(local_count: int) -> int:
+    """The sum of ``local_count`` over all ranks: the size of the global batch this step's shards form."""
+    if not is_distributed():
+        return local_count
+    total = torch.tensor([local_count], device=_comm_device())
+    dist.all_reduce(total)
+    return int(total)
 
 
 def local_loss_weight(local_count: int, global_count: int, world_size: int | None = None) -> float:
@@ -287,7 +329,7 @@ def data_parallel(modules: dict[str, nn.Module], fn: Callable[..., Any], info: D
         return step
     device = info.device if info is not None else next(step.parameters()).device
     device_ids = [device] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(step, device_ids=device_ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
 
 
 def shard_sizes(global_count: int, world_size: int) -> list[int]:
