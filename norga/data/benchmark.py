@@ -34,13 +34,27 @@ class SourceDataset(Dataset):
         self.labels = torch.from_numpy(source.labels[self.indices].copy())
         self.transforms = transforms
         self.return_index = return_index
+        self.augment_seed: int | None = None
+
+    def seed_augmentation(self, seed: int) -> SourceDataset:
+        """Draw each item's random augmentation from ``(seed, item)`` alone, not from whichever process
+        (data-loader worker, torchrun rank) loads it: results then do not depend on ``num_workers`` or on
+        the number of GPUs."""
+        self.augment_seed = seed
+        return self
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         i = int(self.indices[j])
-        x = self.transforms[self.source.transform_kind_at(i)](self.source.image(i))
+        transform = self.transforms[self.source.transform_kind_at(i)]
+        if self.augment_seed is None:
+            x = transform(self.source.image(i))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.augment_seed * 1_000_003 + i)
+                x = transform(self.source.image(i))
         y = int(self.source.labels[i])
         return (x, y, i) if self.return_index else (x, y)
 

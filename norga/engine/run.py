@@ -15,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from norga.data import build_benchmark
 from norga.engine.checkpoint import load_checkpoint, save_atomic
+from norga.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
+from norga.engine.logging import NullLogger
 from norga.engine.loops import NonFiniteLossError
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import STAGES, StageContext
@@ -28,15 +30,6 @@ log = logging.getLogger("norga")
 
 # Keys that do not change results: a resumed run may differ from its checkpoint in these.
 RESUME_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "eval.cache")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} asked for, but torch sees no CUDA device; use device=cpu")
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -88,7 +81,12 @@ class ContinualRun:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(cfg.device)
+        self.device = self.dist.device
+        if self.dist.distributed:
+            # Hydra names run dirs by the clock, which can differ between ranks: rank 0's dir wins
+            self.run_dir = Path(broadcast_object(str(self.run_dir)))
+            self.ckpt_dir = self.run_dir / "checkpoints"
         with_precision = resolve_precision(cfg.train.precision, self.device)
         OmegaConf.set_struct(cfg, False)
         cfg.train.precision = with_precision
@@ -108,7 +106,7 @@ class ContinualRun:
                                    cache=cfg.eval.cache and cfg.method.prefix_layout == "per_sample",
                                    batchwise_prompt=cfg.method.batchwise_prompt, progress=cfg.progress,
                                    max_samples=cfg.eval.max_samples_per_task)
-        self.logger = instantiate(cfg.logger)
+        self.logger = instantiate(cfg.logger) if self.dist.is_main else NullLogger()
         self.acc: list[list[float]] = []
         self.acc_pre_tap: list[list[float]] = []
         self.tii_acc: list[list[float]] = []
@@ -140,11 +138,13 @@ class ContinualRun:
         }
 
     def _save(self, cursor: tuple[int, str, int], ctx: StageContext | None = None) -> None:
-        save_atomic(self._state(cursor, ctx), self.ckpt_dir / "last.pt")
+        if self.dist.is_main:
+            save_atomic(self._state(cursor, ctx), self.ckpt_dir / "last.pt")
 
     def _save_statistics(self, kind: str, task: int) -> None:
-        state = self.learner.statistics(kind).state_dict(self.benchmark.task_classes[task])
-        save_atomic(state, self.ckpt_dir / f"{kind}_stats_task_{task}.pt")
+        if self.dist.is_main:
+            state = self.learner.statistics(kind).state_dict(self.benchmark.task_classes[task])
+            save_atomic(state, self.ckpt_dir / f"{kind}_stats_task_{task}.pt")
 
     def _resume(self) -> tuple[int, str, int, dict | None]:
         """Load ``last.pt`` and the statistics it depends on; returns the cursor and in-stage state."""
@@ -212,6 +212,8 @@ class ContinualRun:
         metrics = self.metrics(finished)
         if error:
             metrics["error"] = error
+        if not self.dist.is_main:
+            return metrics
         tmp = self.run_dir / ".metrics.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(self.run_dir / "metrics.json")
@@ -241,6 +243,9 @@ class ContinualRun:
         elif stage in ("tii_stats", "wtp_stats"):
             getattr(self.learner, stage)(ctx)
             self._save_statistics(stage.split("_")[0], task)
+        elif not self.dist.is_main:
+            # evaluation runs on rank 0 only (its features are cached there); the others wait
+            pass
         elif stage == "evaluate_pre_tap":
             self.pending_pre_tap, _, _ = self._evaluate(task, ctx.point)
         else:
@@ -266,6 +271,9 @@ class ContinualRun:
         self._finish_task(task)
 
     def _finish_task(self, task: int) -> None:
+        barrier()
+        if not self.dist.is_main:
+            return
         state = self._state((task + 1, STAGES[0], 0))
         save_atomic(state, self.ckpt_dir / "last.pt")
         save_atomic(state, self.ckpt_dir / f"task_{task}.pt")
@@ -300,6 +308,9 @@ class ContinualRun:
                 self.run_task(task, stage, epoch, in_stage)
                 task, stage, epoch, in_stage = task + 1, STAGES[0], 0, None
             metrics = self._write_metrics(finished=True)
+            if not self.dist.is_main:
+                exit_code = 0
+                return metrics
             summary = {k: metrics[k] for k in ("final_avg_acc", "cum_avg_acc", "forgetting", "tii_acc",
                                                "final_avg_acc_pre_tap", "vit_passes", "wall_time_s")}
             self.logger.summary(summary)
@@ -316,6 +327,7 @@ class ContinualRun:
             raise
         finally:
             self.logger.finish(exit_code)
+            cleanup()
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:

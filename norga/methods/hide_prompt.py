@@ -17,12 +17,21 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from norga.engine.loaders import make_loader
+from norga.engine.distributed import (
+    all_gather_cat,
+    all_gather_with_grad,
+    data_parallel,
+    global_count,
+    is_distributed,
+    local_loss_weight,
+    shard_loader,
+)
 from norga.engine.loops import autocast, extract_features, masked_logits, train_epoch, train_on_statistics
 from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
 from norga.engine.seeding import seed_stage
 from norga.engine.stages import StageContext
 from norga.methods.statistics import ClassStatistics
+from norga.models.attention import configure_prefix_attention, describe_prefix_impl
 from norga.models.prompts import PromptPool
 from norga.models.tii import TIIHead
 from norga.models.vit import head_geometry, init_linear, vit_features
@@ -63,6 +72,12 @@ class HiDePrompt:
         self.tii_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
         self.wtp_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
         self._tii_features: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        # plain values, read on every forward (OmegaConf access inside a compiled region breaks the graph)
+        self.precision = str(cfg.train.precision)
+        attention = configure_prefix_attention(self.backbone, cfg.train.attention, device)
+        log.info("prefix attention: %s", describe_prefix_impl(attention, device))
+        # Compile the ViT forward only: prompt selection (task ids) stays outside, so no recompilation per task.
+        self._vit = torch.compile(vit_features) if cfg.train.compile else vit_features
 
     def gate_name(self) -> str | None:
         if self.cfg.method.gate is not None:
@@ -94,31 +109,45 @@ class HiDePrompt:
 
     # ---- forward paths used by training and the evaluator ----------------------------------------------
     def _amp(self):
-        return autocast(self.device, self.cfg.train.precision)
+        return autocast(self.device, self.precision)
 
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._amp():
-            return vit_features(self.backbone, x).float()
+            return self._vit(self.backbone, x).float()
 
     def tii_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.tii(features)
 
     def prompted_features(self, x: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
         with self._amp():
-            return vit_features(self.backbone, x, self.prompts.prefixes_for_ids(prompt_ids)).float()
+            return self._vit(self.backbone, x, self.prompts.prefixes_for_ids(prompt_ids)).float()
 
     def task_features(self, x: torch.Tensor, task: int, momentum: float = 0.0) -> torch.Tensor:
         with self._amp():
-            return vit_features(self.backbone, x, self.prompts.prefixes_for_task(task, len(x), momentum)).float()
+            return self._vit(self.backbone, x, self.prompts.prefixes_for_task(task, len(x), momentum)).float()
 
     def wtp_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _train_loader(self, task: int, augment: bool, generator: torch.Generator | None):
+        """Batches of the global ``train.batch_size``; under torchrun each rank loads its share of every
+        batch (one process gets exactly the same batches)."""
         dataset = self.benchmark.train_set(task, augment=augment)
-        return make_loader(dataset, self.cfg.train.batch_size, self.device, self.cfg.train.num_workers,
-                           shuffle=generator is not None, generator=generator)
+        if augment and generator is not None:
+            dataset.seed_augmentation(int(generator.initial_seed()))
+        return shard_loader(dataset, self.cfg.train.batch_size, self.device, self.cfg.train.num_workers,
+                            shuffle=generator is not None, generator=generator)
+
+    def _extract_all(self, fn, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of a loader's samples; under torchrun gathered from all ranks in dataset order."""
+        feats, labels = extract_features(fn, loader, self.device, desc, self.cfg.train.max_batches,
+                                         self.cfg.progress)
+        if not is_distributed():
+            return feats, labels
+        seen = loader.batch_sampler.local_indices()[:len(feats)]
+        order = all_gather_cat(seen.to(self.device)).cpu().argsort()
+        return all_gather_cat(feats.to(self.device)).cpu()[order], all_gather_cat(labels.to(self.device)).cpu()[order]
 
     def _seed(self, task: int, stage: str, epoch: int = 0) -> torch.Generator:
         return seed_stage(self.cfg.seed, task, stage, epoch)
@@ -147,17 +176,21 @@ class HiDePrompt:
 
         def loss_fn(x, y):
             feats = x if tii.feature_cache else self.backbone_features(x)
-            return F.cross_entropy(masked_logits(self.tii(feats), allowed), y)
+            weight = local_loss_weight(len(y), global_count(len(y)))
+            return weight * F.cross_entropy(masked_logits(self.tii(feats), allowed), y)
+
+        step = data_parallel({"tii": self.tii}, loss_fn)
 
         for epoch in range(ctx.start_epoch, tii.epochs):
             gen = self._seed(task, "tii_train", epoch)
             lr_now = set_epoch_lr(optimizer, tii.scheduler, epoch, tii.epochs)
             if tii.feature_cache:
-                loader = make_loader(cached, cfg.train.batch_size, torch.device("cpu"), shuffle=True, generator=gen)
+                loader = shard_loader(cached, cfg.train.batch_size, torch.device("cpu"), shuffle=True,
+                                      generator=gen)
             else:
                 loader = self._train_loader(task, True, gen)
             # the reference clips the TII gradients with the same clip_grad as the prompts
-            loss = train_epoch(loss_fn, loader, optimizer, list(self.tii.parameters()), self.device,
+            loss = train_epoch(step, loader, optimizer, list(self.tii.parameters()), self.device,
                                cfg.train.clip_grad, f"task {task} TII epoch {epoch + 1}/{tii.epochs}",
                                cfg.train.max_batches, cfg.progress, point=f"{ctx.point}/epoch{epoch}")
             ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
@@ -168,9 +201,8 @@ class HiDePrompt:
         for the task's statistics stage, which needs exactly these."""
         if self._tii_features is None or self._tii_features[0] != task:
             self._seed(task, "tii_stats")
-            feats, labels = extract_features(self.backbone_features, self._train_loader(task, False, None),
-                                             self.device, f"task {task} backbone features",
-                                             self.cfg.train.max_batches, self.cfg.progress)
+            feats, labels = self._extract_all(self.backbone_features, self._train_loader(task, False, None),
+                                              f"task {task} backbone features")
             self._tii_features = (task, feats, labels)
         return self._tii_features[1], self._tii_features[2]
 
@@ -211,21 +243,27 @@ class HiDePrompt:
         momentum = method.prompt_momentum if task > 0 else 0.0
         allowed = self.benchmark.class_mask(task)
         means = self.wtp_statistics.mean_matrix(self.device)
+        reg, temperature = float(method.reg), float(method.contrastive_temperature)
         self.prompts.train()
         self.head.train()
 
         def loss_fn(x, y):
             feats = self.task_features(x, task, momentum)
-            loss = F.cross_entropy(masked_logits(self.head(feats), allowed), y)
-            if method.reg:
-                loss = loss + method.reg * contrastive_loss(feats, means, method.contrastive_temperature)
+            weight = local_loss_weight(len(y), global_count(len(y)))
+            loss = weight * F.cross_entropy(masked_logits(self.head(feats), allowed), y)
+            if reg:
+                # every rank computes the contrastive term over the whole global batch
+                loss = loss + reg * contrastive_loss(all_gather_with_grad(feats), means, temperature)
             return loss
+
+        # re-wrapped every task: the set of trainable parameters changes (alpha/tau freeze after task 0)
+        step = data_parallel({"prompts": self.prompts, "head": self.head}, loss_fn)
 
         epochs = cfg.train.epochs
         for epoch in range(ctx.start_epoch, epochs):
             gen = self._seed(task, "wtp_train", epoch)
             lr_now = set_epoch_lr(optimizer, cfg.scheduler, epoch, epochs)
-            loss = train_epoch(loss_fn, self._train_loader(task, True, gen), optimizer, params, self.device,
+            loss = train_epoch(step, self._train_loader(task, True, gen), optimizer, params, self.device,
                                cfg.train.clip_grad, f"task {task} WTP epoch {epoch + 1}/{epochs}",
                                cfg.train.max_batches, cfg.progress, point=f"{ctx.point}/epoch{epoch}")
             if epoch == epochs - 1:
@@ -239,10 +277,8 @@ class HiDePrompt:
     def wtp_stats(self, ctx: StageContext) -> None:
         task = ctx.task
         self._seed(task, "wtp_stats")
-        feats, labels = extract_features(lambda x: self.task_features(x, task),
-                                         self._train_loader(task, False, None), self.device,
-                                         f"task {task} WTP statistics", self.cfg.train.max_batches,
-                                         self.cfg.progress)
+        feats, labels = self._extract_all(lambda x: self.task_features(x, task),
+                                          self._train_loader(task, False, None), f"task {task} WTP statistics")
         self.wtp_statistics.fit(feats, labels)
 
     def wtp_tap(self, ctx: StageContext) -> None:
