@@ -1,6 +1,7 @@
 """Shared test set-up: slow tests are opt-in (``--runslow``); Hydra's global state is cleared per test."""
 
 import os
+import sys
 
 import pytest
 
@@ -28,3 +29,13 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
     yield
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _stop_wandb_service():
+    """A W&B run in the test process leaves its service address in WANDB_SERVICE; subprocesses started by
+    later tests would inherit it and talk to that service instead of their own."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    os.environ.pop("WANDB_SERVICE", None)
