@@ -85,7 +85,8 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | tf32 | bf16
     num_workers: int = 0
-    max_batches: int | None = None  # per epoch; for smoke tests
+    max_batches: int | None = None  # per training epoch; for smoke tests
+    max_stats_per_class: int | None = None  # images per class for class statistics; for smoke tests
     # prefix attention kernel: auto (per device) | explicit | sdpa_mask | lse_merge | augmented | flex;
     # every choice is checked against the explicit formula on the device before the run starts
     attention: str = "auto"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from norga.engine.distributed import (
     all_gather_cat,
@@ -139,10 +139,21 @@ class HiDePrompt:
         return shard_loader(dataset, self.cfg.train.batch_size, self.device, self.cfg.train.num_workers,
                             shuffle=generator is not None, generator=generator)
 
+    def _statistics_loader(self, task: int):
+        """The task's training images with the evaluation transform, for statistics. Every class must be
+        present, so ``train.max_batches`` does not apply; ``train.max_stats_per_class`` (smoke tests) keeps the
+        first images of each class instead."""
+        dataset = self.benchmark.train_set(task, augment=False)
+        limit = self.cfg.train.max_stats_per_class
+        if limit is not None:
+            keep = [i for c in dataset.labels.unique().tolist()
+                    for i in (dataset.labels == c).nonzero().flatten()[:limit].tolist()]
+            dataset = Subset(dataset, sorted(keep))
+        return shard_loader(dataset, self.cfg.train.batch_size, self.device, self.cfg.train.num_workers)
+
     def _extract_all(self, fn, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of a loader's samples; under torchrun gathered from all ranks in dataset order."""
-        feats, labels = extract_features(fn, loader, self.device, desc, self.cfg.train.max_batches,
-                                         self.cfg.progress)
+        feats, labels = extract_features(fn, loader, self.device, desc, progress=self.cfg.progress)
         if not is_distributed():
             return feats, labels
         seen = loader.batch_sampler.local_indices()[:len(feats)]
@@ -201,7 +212,7 @@ class HiDePrompt:
         for the task's statistics stage, which needs exactly these."""
         if self._tii_features is None or self._tii_features[0] != task:
             self._seed(task, "tii_stats")
-            feats, labels = self._extract_all(self.backbone_features, self._train_loader(task, False, None),
+            feats, labels = self._extract_all(self.backbone_features, self._statistics_loader(task),
                                               f"task {task} backbone features")
             self._tii_features = (task, feats, labels)
         return self._tii_features[1], self._tii_features[2]
@@ -278,7 +289,7 @@ class HiDePrompt:
         task = ctx.task
         self._seed(task, "wtp_stats")
         feats, labels = self._extract_all(lambda x: self.task_features(x, task),
-                                          self._train_loader(task, False, None), f"task {task} WTP statistics")
+                                          self._statistics_loader(task), f"task {task} WTP statistics")
         self.wtp_statistics.fit(feats, labels)
 
     def wtp_tap(self, ctx: StageContext) -> None:
