@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from norga.engine.loaders import worker_options
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -296,10 +298,7 @@ def shard_loader(
         dataset,
         batch_sampler=sampler,
         generator=generator,  # DataLoader draws its worker base seed from it first, as make_loader does
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
+        **worker_options(device, num_workers),
     )
 
 

@@ -6,6 +6,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
+def worker_options(device: torch.device, num_workers: int) -> dict:
+    """DataLoader options shared by every loader: pinned memory when feeding a GPU, prefetching workers."""
+    return {"num_workers": num_workers, "pin_memory": device.type == "cuda", "persistent_workers": False,
+            "prefetch_factor": 4 if num_workers > 0 else None}
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -21,9 +27,6 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
         drop_last=drop_last,
+        **worker_options(device, num_workers),
     )
