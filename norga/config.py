@@ -150,6 +150,11 @@ class RunConfig:
     logger: Any = field(default_factory=lambda: {"_target_": "norga.engine.logging.NullLogger"})
 
 
+# Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the
+# report does not split rows by them.
+RESULT_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "eval.cache")
+
+
 def asset_path(name: str) -> str:
     """Path of a file shipped in ``norga/assets`` (the ``${pkg_asset:<file>}`` resolver)."""
     return str(resources.files("norga") / "assets" / name)

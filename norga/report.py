@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from norga import paper_results
+from norga.config import RESULT_FREE_KEYS
 from norga.metrics import average_accuracy_curve, summarize
 
 NA = "n/a"
@@ -52,6 +53,10 @@ STD_NOTE = (
 # separate group so that different settings are never averaged together.
 _ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep"})
 _BOOKKEEPING_ROOTS = frozenset({"logger", "paths", "hydra", "wandb"})
+
+
+def _result_free(key: str) -> bool:
+    return any(key == free or key.startswith(free + ".") for free in RESULT_FREE_KEYS)
 
 
 @dataclass(frozen=True, order=True)
@@ -172,7 +177,7 @@ def _variant(overrides: Any) -> str:
     kept = []
     for item in overrides:
         key = str(item).split("=", 1)[0].lstrip("~+").split("@", 1)[0]
-        if key in _ROW_KEYS or key.split(".", 1)[0] in _BOOKKEEPING_ROOTS:
+        if key in _ROW_KEYS or key.split(".", 1)[0] in _BOOKKEEPING_ROOTS or _result_free(key):
             continue
         kept.append(str(item))
     return ",".join(sorted(kept))

@@ -164,13 +164,14 @@ def test_no_runs_exit_2(tmp_path, capsys):
 def test_other_overrides_and_splits_are_separate_rows(tmp_path, capsys):
     common = dict(dataset="cifar100", backbone="sup21k", method="norga", gate="tanh", ca=95.0, ffm=1.0,
                   tii=90.0)
-    write_run(tmp_path / "a", seed=40, fa=94.0, overrides=["seed=40", "logger=none"], **common)
+    write_run(tmp_path / "a", seed=40, fa=94.0, overrides=["seed=40", "logger=none", "progress=false",
+                                                           "train.num_workers=8"], **common)
     write_run(tmp_path / "b", seed=40, fa=90.0, overrides=["seed=40", "optimizer.lr=0.01"], **common)
     write_run(tmp_path / "c", seed=40, fa=80.0, num_tasks=5, **common)
     assert main([str(tmp_path), "--paper"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cifar100")]
     assert len(rows) == 3
-    # logger=none does not change results: no overrides column entry; 94.00 - 94.48 published
+    # logger, progress and num_workers do not change results: no overrides entry; 94.00 - 94.48 published
     assert any("| 10 | - | 1 | 40 | 94.00 ± 0.00 |" in r and "| 94.48 ± 0.13 | -0.48 |" in r for r in rows)
     assert any("| 10 | optimizer.lr=0.01 | 1 | 40 | 90.00 ± 0.00 |" in r for r in rows)
     # a 5-task split is not the paper's 10-task setting: nothing to compare against

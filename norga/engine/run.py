@@ -13,6 +13,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from norga.config import RESULT_FREE_KEYS
 from norga.data import build_benchmark
 from norga.engine.checkpoint import load_checkpoint, save_atomic
 from norga.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
@@ -28,8 +29,6 @@ from norga.models.vit import build_frozen_backbone
 
 log = logging.getLogger("norga")
 
-# Keys that do not change results: a resumed run may differ from its checkpoint in these.
-RESUME_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "eval.cache")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -58,7 +57,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
     """Keys (dotted) whose values differ between two resolved configs, ignoring result-free keys."""
     a, b = _flat(old), _flat(new)
     keys = sorted(set(a) | set(b))
-    free = tuple(RESUME_FREE_KEYS)
+    free = RESULT_FREE_KEYS
     return [k for k in keys if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
 
 
