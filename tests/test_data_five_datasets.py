@@ -33,6 +33,10 @@ def load(root, seed):
 
 def test_order_follows_seed():
     assert part_order(0) == part_order(0)
+    # the reference: random.seed(seed); random.shuffle(['SVHN', 'MNIST', 'CIFAR10', 'NotMNIST', 'FashionMNIST'])
+    expected = ["SVHN", "MNIST", "CIFAR10", "NotMNIST", "FashionMNIST"]
+    __import__("random").Random(40).shuffle(expected)
+    assert part_order(40) == expected
     orders = {tuple(part_order(s)) for s in range(10)}
     assert len(orders) > 1
     assert all(sorted(o) == sorted(part_order(0)) for o in orders)

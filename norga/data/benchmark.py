@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -66,7 +67,7 @@ class SourceDataset(Dataset):
 class Benchmark:
     """Class-incremental split of one dataset into ``num_tasks`` tasks of equal class count.
 
-    Class order: ``range(C)``, permuted with ``np.random.RandomState(seed).permutation(C)`` when
+    Class order: ``range(C)``, shuffled with ``random.Random(seed).shuffle`` (as the reference does) when
     ``shuffle``; task t gets the t-th consecutive group of ``C // num_tasks`` classes. Labels are the
     dataset's own class ids, not remapped (one head covers all C classes).
     ``mean``/``std`` reach only the transform kinds that take them (see ``build_transform``).
@@ -98,10 +99,12 @@ class Benchmark:
         self.input_size = int(input_size)
         self.mean, self.std = mean, std
 
-        order = np.arange(self.num_classes)
+        order = list(range(self.num_classes))
         if self.shuffle:
-            order = np.random.RandomState(self.seed).permutation(self.num_classes)
-        self.class_order = [int(c) for c in order]
+            # The reference seeds Python's random with the run seed and shuffles list(range(C)) before any
+            # other draw: the same call gives the same class order, so per-seed results are comparable.
+            random.Random(self.seed).shuffle(order)
+        self.class_order = order
         self.classes_per_task = self.num_classes // self.num_tasks
         k = self.classes_per_task
         self.task_classes = [self.class_order[t * k: (t + 1) * k] for t in range(self.num_tasks)]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from functools import partial
-
-import numpy as np
 
 from . import cifar, mnist, notmnist, svhn
 from .errors import DatasetNotFoundError, combine
@@ -25,8 +24,11 @@ _PARTS: dict[str, tuple[Callable[[str], object], bool, Callable[[str, bool], Sou
 
 
 def part_order(seed: int) -> list[str]:
-    """The five datasets in the order the tasks use, shuffled by ``seed``."""
-    return [PARTS[k] for k in np.random.RandomState(seed).permutation(len(PARTS))]
+    """The five datasets in the order the tasks use, shuffled by ``seed`` as the reference does
+    (``random.seed(seed); random.shuffle(['SVHN', 'MNIST', 'CIFAR10', 'NotMNIST', 'FashionMNIST'])``)."""
+    order = list(PARTS)
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def load_five_datasets(root: str, download: bool = False, seed: int = 0, shuffle: bool = True) -> SourcePair:
