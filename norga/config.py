@@ -24,6 +24,7 @@ class PathsConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
+    root: str = "data"  # the folder that holds the dataset (default paths.data_dir)
     num_tasks: int = MISSING
     shuffle: bool = True
     source: Any = MISSING  # {_target_: loader function, root, download, ...}

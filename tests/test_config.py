@@ -117,3 +117,9 @@ def test_print_config_from_the_command_line():
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     cfg = OmegaConf.create(out)
     assert cfg.train.epochs == 50 and cfg.method.gate == "sigmoid"
+
+
+def test_dataset_root_reaches_the_loader():
+    cfg = compose_cfg(["dataset=cub", "dataset.root=/data/cub"])
+    assert cfg.dataset.source.root == "/data/cub"
+    assert compose_cfg(["dataset=imr", "paths.data_dir=/d"]).dataset.source.root == "/d"

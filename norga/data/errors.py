@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterable, Sequence
 
 ROOT_HINT = (
-    "Point norga at the folder that holds it with paths.data_dir=/path/to/data "
-    "(or dataset.source.root=/path/to/data, or the NORGA_DATA_DIR environment variable)."
+    "Point norga at the folder that holds it with dataset.root=/path/to/data "
+    "(or paths.data_dir=/path/to/data, or the NORGA_DATA_DIR environment variable)."
 )
 
 
