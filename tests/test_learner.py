@@ -1,98 +1,126 @@
-"""Behaviours of the three-stage learner on the embedded digits benchmark (tiny ViT, random weights for
-speed): what must stay frozen, evaluation without the true task id, cached evaluation equals
-recomputation, and the run's outputs."""
+"""Behaviours of the HiDe-Prompt / NoRGa learner on the learning fixture (``tests/learning.py``): what must
+stay frozen, evaluation that follows task identification and never the true task id, cached evaluation equal
+to recomputation, the reference layout's batch-by-batch evaluation, and the run's outputs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from torch.utils.data import Subset
 
-from norga.config import register
 from norga.engine.evaluate import Evaluator
 from norga.engine.run import ContinualRun
 from norga.engine.stages import StageContext
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-FAST = ["logger=none", "progress=false", "backbone.pretrained=false", "train.epochs=2", "tii.epochs=1",
-        "tap.epochs=2", "tii.tap.epochs=2", "train.batch_size=16", "train.max_batches=4",
-        "eval.max_samples_per_task=24", "tap.samples_per_class_factor=1", "method.prompt_length=2",
-        "method.prompt_layers=[0,1]"]
+from tests.learning import assert_learns, compose_cfg
 
 
 def make_run(tmp_path, overrides=()):
-    register()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=FAST + list(overrides))
-    return ContinualRun(cfg, tmp_path)
+    return ContinualRun(compose_cfg(list(overrides)), tmp_path)
 
 
 def snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_frozen_parts_stay_frozen(tmp_path):
-    run = make_run(tmp_path)
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory):
+    """The fixture's two tasks run stage by stage, with what the tests below inspect recorded on the way:
+    the learned state after each task and, after each task, a cached and a recomputing evaluation."""
+    run = make_run(tmp_path_factory.mktemp("two_tasks"))
     learner = run.learner
-    backbone = snapshot(learner.backbone)
-    run.run_task(0)
-    gate_after_0 = learner.prompts.gate_params.detach().clone()
-    assert not torch.equal(gate_after_0, torch.ones_like(gate_after_0)), "alpha/tau learn in task 0"
-    prompt_0 = learner.prompts.prompts[:, :, 0].detach().clone()
-    run.run_task(1)
-    prompts = learner.prompts.prompts.detach()
-    assert torch.equal(prompts[:, :, 0], prompt_0), "a finished task's prompt changed"
-    assert torch.equal(learner.prompts.gate_params.detach(), gate_after_0), "alpha/tau changed after task 0"
-    assert not torch.equal(prompts[:, :, 1], prompt_0), "prompt 1 did not train (it starts as a copy of 0)"
-    assert all(torch.equal(v, learner.backbone.state_dict()[k]) for k, v in backbone.items())
+    recompute = Evaluator(run.benchmark, run.device, 16, cache=False, progress=False, max_samples=60)
+    record = {"backbone": snapshot(learner.backbone), "cached": [], "direct": []}
+    for task in range(2):
+        run.run_task(task)
+        record[f"prompts_{task}"] = learner.prompts.prompts.detach().clone()
+        record[f"gate_{task}"] = learner.prompts.gate_params.detach().clone()
+        learner.eval_mode()
+        record["cached"].append(run.evaluator.evaluate(learner, task))
+        record["direct"].append(recompute.evaluate(learner, task))
+    record["cached_passes"], record["direct_passes"] = run.evaluator.vit_passes, recompute.vit_passes
+    record["prompt_changes"] = run.evaluator.prompt_changes
+    return run, record
+
+
+def test_the_fixture_learns(two_tasks):
+    run, _ = two_tasks
+    assert_learns(run.metrics(finished=True))
+
+
+def test_frozen_parts_stay_frozen(two_tasks):
+    run, record = two_tasks
+    learner = run.learner
+    gate_0, gate_1 = record["gate_0"], record["gate_1"]
+    assert not torch.equal(gate_0, torch.ones_like(gate_0)), "alpha/tau learn in task 0"
+    assert torch.equal(gate_1, gate_0), "alpha/tau changed after task 0"
+    prompts_0, prompts_1 = record["prompts_0"], record["prompts_1"]
+    assert torch.equal(prompts_1[:, :, 0], prompts_0[:, :, 0]), "a finished task's prompt changed"
+    assert not torch.equal(prompts_1[:, :, 1], prompts_0[:, :, 0]), "prompt 1 did not train (starts as a copy of 0)"
+    assert all(torch.equal(v, learner.backbone.state_dict()[k]) for k, v in record["backbone"].items())
     assert not any(p.requires_grad for p in learner.backbone.parameters())
 
 
-def test_evaluation_never_uses_the_true_task_id(tmp_path):
-    run = make_run(tmp_path)
-    run.run_task(0)
-    run.run_task(1)
-    run.learner.eval_mode()
-    honest = run.evaluator.evaluate(run.learner, 1)
-
-    class WrongLabels(torch.utils.data.Dataset):
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __len__(self):
-            return len(self.inner)
-
-        def __getitem__(self, i):
-            x, y = self.inner[i]
-            return x, (y + 3) % 10
-
-    bench = run.benchmark
-    original = bench.test_set
-    bench.test_set = lambda task: WrongLabels(original(task))
-    fooled = Evaluator(bench, run.device, 16, cache=True, progress=False, max_samples=24).evaluate(run.learner, 1)
-    for a, b in zip(honest.tasks, fooled.tasks):
-        assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.predictions, b.predictions)
-
-
-def test_cached_evaluation_equals_recomputing_everything(tmp_path):
-    run = make_run(tmp_path, ["eval.max_samples_per_task=48"])
-    recompute = Evaluator(run.benchmark, run.device, 16, cache=False, progress=False, max_samples=48)
-    for task in range(3):
-        run.run_task(task)
-        run.learner.eval_mode()
-        cached = run.evaluator.evaluate(run.learner, task)
-        direct = recompute.evaluate(run.learner, task)
+def test_cached_evaluation_equals_recomputing_everything(two_tasks):
+    _, record = two_tasks
+    assert record["prompt_changes"] > 0, "no sample changed prompt: the cache's per-prompt bookkeeping is untested"
+    for cached, direct in zip(record["cached"], record["direct"]):
         assert cached.accs == direct.accs and cached.tii_accs == direct.tii_accs
         for a, b in zip(cached.tasks, direct.tasks):
-            assert torch.equal(a.predictions, b.predictions)
-    # each test set: one backbone pass + one prompted pass, plus re-runs only for changed prompts
-    assert run.evaluator.vit_passes < recompute.vit_passes
-    assert recompute.vit_passes == 2 * (1 + 2 + 3)  # two ViTs over every seen test set, every time
+            assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.predictions, b.predictions)
+    # the recomputing evaluator runs both ViTs over every seen test set every time (and the cached
+    # evaluator evaluated twice per task, once inside the run and once here)
+    assert record["direct_passes"] == 2 * (1 + 2)
+    assert record["cached_passes"] < record["direct_passes"]
+
+
+class _Swapped:
+    """The benchmark with the test sets of tasks 0 and 1 exchanged (and cut to 40 samples): every sample is
+    scored under the other task's index, so the true task index and task identification disagree."""
+
+    def __init__(self, benchmark):
+        self._inner = benchmark
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def test_set(self, task):
+        return Subset(self._inner.test_set(1 - task), list(range(0, 400, 10)))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_evaluation_follows_task_identification_not_the_true_task(two_tasks, cache):
+    run, _ = two_tasks
+    learner, bench = run.learner, run.benchmark
+    learner.eval_mode()
+    swapped = _Swapped(bench)
+    result = Evaluator(swapped, run.device, 16, cache=cache, progress=False).evaluate(learner, 1)
+    class_to_task = torch.as_tensor(bench.class_to_task)
+    for index, score in enumerate(result.tasks):
+        x = torch.stack([x for x, _ in swapped.test_set(index)])
+        with torch.no_grad():
+            tii = learner.tii_logits(learner.backbone_features(x))
+            tii = tii.masked_fill(~bench.seen_mask(1), float("-inf"))
+            picked = class_to_task[tii.argmax(dim=1)]
+            predicted = learner.wtp_logits(learner.prompted_features(x, picked)).argmax(dim=1)
+        assert (picked != index).float().mean() > 0.5, "the fixture must make TII and the task index disagree"
+        assert torch.equal(score.prompt_ids, picked), "the prompt used is not the one TII picked"
+        assert torch.equal(score.predictions, predicted)
+
+
+def test_reference_layout_run_learns_and_evaluates_batch_by_batch(tmp_path):
+    """In the reference layout a sample's features depend on its batch, so evaluation must run the test batches
+    as they come (never the per-prompt cache); the run still trains and evaluates end to end."""
+    run = make_run(tmp_path, ["method.prefix_layout=reference"])
+    metrics = run.run()
+    assert metrics["final_avg_acc"] > 40, metrics["acc_matrix"]
+    assert metrics["vit_passes"] == 2 * (1 + 2) + 2 * (1 + 2), "pre-TAP and final evaluation, both ViTs"
+    direct = Evaluator(run.benchmark, run.device, run.cfg.eval.batch_size, cache=False, progress=False,
+                       max_samples=60).evaluate(run.learner, 1)
+    assert direct.accs == metrics["acc_matrix"][-1]
 
 
 def test_larger_prompt_lr_gives_head_a_tenth(tmp_path, monkeypatch):
-    run = make_run(tmp_path, ["optimizer.larger_prompt_lr=true", "train.epochs=1"])
+    run = make_run(tmp_path, ["optimizer.larger_prompt_lr=true", "train.epochs=1", "train.max_batches=1"])
     seen = {}
     from norga.methods import hide_prompt
 
@@ -115,33 +143,39 @@ def test_hide_refuses_a_gate(tmp_path):
         make_run(tmp_path, ["method=hide", "method.gate=tanh"])
 
 
-def test_run_writes_metrics_and_checkpoints(tmp_path):
-    full = make_run(tmp_path, ["dataset.num_tasks=2"]).run()
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished")
+    return run_dir, make_run(run_dir, ["train.max_batches=2", "tii.epochs=1"]).run()
+
+
+def test_run_writes_metrics_and_checkpoints(finished_run):
+    run_dir, full = finished_run
     assert full["finished"] and full["num_tasks"] == 2 and len(full["acc_matrix"]) == 2
     assert full["final_avg_acc"] == pytest.approx(sum(full["acc_matrix"][1]) / 2)
-    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["acc_matrix"] == full["acc_matrix"] and on_disk["config"]["seed"] == 42
     for key in ("acc_matrix_pre_tap", "cum_avg_acc", "forgetting", "tii_acc", "vit_passes", "seed"):
         assert key in on_disk
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "last.pt", "task_0.pt", "task_1.pt", "tii_stats_task_0.pt", "tii_stats_task_1.pt",
         "wtp_stats_task_0.pt", "wtp_stats_task_1.pt"]
 
 
-def test_resume_refuses_a_changed_config(tmp_path):
-    make_run(tmp_path, ["dataset.num_tasks=2"]).run()
+def test_resume_refuses_a_changed_config(finished_run):
+    run_dir, _ = finished_run
     with pytest.raises(ValueError, match="optimizer.lr"):
-        make_run(tmp_path, ["dataset.num_tasks=2", "resume=true", "optimizer.lr=0.1"]).run()
+        make_run(run_dir, ["train.max_batches=2", "tii.epochs=1", "resume=true", "optimizer.lr=0.1"]).run()
 
 
-def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path):
-    make_run(tmp_path, ["dataset.num_tasks=2"]).run()
+def test_existing_checkpoints_are_not_overwritten_without_resume(finished_run):
+    run_dir, _ = finished_run
     with pytest.raises(FileExistsError, match="resume=true"):
-        make_run(tmp_path, ["dataset.num_tasks=2"]).run()
+        make_run(run_dir, ["train.max_batches=2", "tii.epochs=1"]).run()
 
 
 def test_tii_feature_cache_runs_the_backbone_once_per_task(tmp_path):
-    run = make_run(tmp_path, ["tii.feature_cache=true", "tii.epochs=3", "train.max_batches=null"])
+    run = make_run(tmp_path, ["tii.feature_cache=true", "tii.epochs=3"])
     learner = run.learner
     calls = []
     real = learner.backbone_features
@@ -149,4 +183,4 @@ def test_tii_feature_cache_runs_the_backbone_once_per_task(tmp_path):
     learner.tii_train(StageContext(0, "tii_train"))
     learner.tii_stats(StageContext(0, "tii_stats"))
     assert sum(calls) == len(run.benchmark.train_set(0)), "one pass over the task's images, reused by statistics"
-    assert len(learner.tii_statistics) == 2
+    assert len(learner.tii_statistics) == 5

@@ -1,5 +1,6 @@
 """Crash safety: a run killed (SIGKILL) at any point and resumed ends exactly where an uninterrupted run
-ends; checkpoints are atomic; bad checkpoints, changed configs and non-finite losses fail clearly."""
+ends, in its accuracy matrices and in every learned tensor (on the learning fixture, ``tests/learning.py``);
+checkpoints are atomic; bad checkpoints, changed configs and non-finite losses fail clearly."""
 
 import json
 import os
@@ -11,12 +12,9 @@ import pytest
 import torch
 
 from norga.engine.checkpoint import CorruptCheckpointError, load_checkpoint, save_atomic
+from tests.learning import LEARN, RESUME_ATOL, assert_learns, assert_same_learned_state, compose_cfg, with_logger
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ["progress=false", "backbone.pretrained=false", "dataset.num_tasks=2", "train.epochs=2", "tii.epochs=2",
-       "tap.epochs=3", "tii.tap.epochs=2", "train.batch_size=16", "train.max_batches=3",
-       "eval.max_samples_per_task=24", "tap.samples_per_class_factor=1", "method.prompt_length=2",
-       "method.prompt_layers=[0,1]"]
 COMPARED = ("acc_matrix", "acc_matrix_pre_tap", "tii_acc_matrix", "final_avg_acc", "cum_avg_acc", "forgetting",
             "tii_acc")
 
@@ -25,16 +23,20 @@ def launch(run_dir: Path, extra=(), crash_at=None, logger="none"):
     env = {k: v for k, v in os.environ.items() if k != "NORGA_CRASH_AT"}
     if crash_at:
         env["NORGA_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "run.py", *RUN, f"logger={logger}", f"hydra.run.dir={run_dir}", *extra],
+    return subprocess.run([sys.executable, "run.py", *with_logger([*LEARN, f"logger={logger}"]),
+                           f"hydra.run.dir={run_dir}", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The reference: the same run, uninterrupted (in this process: the same code as ``run.py``)."""
+    from norga.engine.run import ContinualRun
+
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    done = launch(run_dir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text())
+    metrics = ContinualRun(compose_cfg(), run_dir).run()
+    assert_learns(metrics)
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("point", [
@@ -45,6 +47,7 @@ def uninterrupted(tmp_path_factory):
     "checkpoint/last.pt",             # while the very first checkpoint is being written
 ])
 def test_killed_and_resumed_run_equals_uninterrupted_run(point, uninterrupted, tmp_path):
+    reference_dir, reference = uninterrupted
     killed = launch(tmp_path, crash_at=point)
     assert killed.returncode == -9, f"the crash point {point} was never reached:\n{killed.stderr[-2000:]}"
     assert not (tmp_path / "metrics.json").exists() or not json.loads((tmp_path / "metrics.json").read_text())[
@@ -54,7 +57,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(point, uninterrupted, t
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["finished"]
     for key in COMPARED:
-        assert metrics[key] == uninterrupted[key], key
+        assert metrics[key] == reference[key], key
+    assert_same_learned_state(tmp_path, reference_dir, tasks=2, atol=RESUME_ATOL)
     assert "resumed from" in (tmp_path / "run.log").read_text() or point == "checkpoint/last.pt"
 
 
@@ -100,7 +104,7 @@ def test_non_finite_loss_stops_with_its_place_and_keeps_the_checkpoint(tmp_path,
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=RUN + ["logger=none"])
+        cfg = compose(config_name="config", overrides=with_logger(LEARN))
     monkeypatch.setattr(hide_prompt, "contrastive_loss", lambda *a: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"task 0 WTP epoch 1/2, step 0"):
         ContinualRun(cfg, tmp_path).run()

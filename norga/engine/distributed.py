@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from norga.engine.loaders import worker_options
 
@@ -216,6 +216,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     the same number of batches (so DDP never waits on a missing step), and when ``B`` or the last batch is
     not a multiple of ``W`` the shards differ by one sample (weight the loss with :func:`local_loss_weight`).
     The permutation is drawn when iteration starts, from ``generator`` (which every rank seeds alike).
+    A global batch smaller than the process count leaves some ranks an empty shard: they still take the step
+    (DDP needs every rank in every gradient reduction) with a zero-weight loss, see :class:`EmptySafeCollate`.
     """
 
     def __init__(
@@ -234,8 +236,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.shuffle, self.generator, self.drop_last = shuffle, generator, drop_last
         self.rank = get_rank() if rank is None else rank
         self.world_size = get_world_size() if world_size is None else world_size
-        if self.world_size > batch_size:
-            raise ValueError(f"global batch {batch_size} is smaller than the {self.world_size} processes")
+        if batch_size < 1:
+            raise ValueError(f"the batch size must be at least 1, got {batch_size}")
         self._order: list[int] | None = None
 
     def __len__(self) -> int:
@@ -282,6 +284,24 @@ def shard_sampler(
     return ShardedBatchSampler(len(dataset), batch_size, shuffle, generator, drop_last)
 
 
+class EmptySafeCollate:
+    """``default_collate`` that also collates an empty shard, into zero-row tensors shaped like the dataset's
+    items (read once from item 0), so a rank whose share of a small global batch is empty still runs the
+    step: its model forward on zero rows keeps DDP's gradient reductions in step with the other ranks."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._empty: Any = None
+
+    def __call__(self, batch: list) -> Any:
+        if batch:
+            return default_collate(batch)
+        if self._empty is None:
+            example = default_collate([self.dataset[0]])
+            self._empty = tuple(t[:0] for t in example) if isinstance(example, (list, tuple)) else example[:0]
+        return self._empty
+
+
 def shard_loader(
     dataset: Dataset,
     batch_size: int,
@@ -297,6 +317,7 @@ def shard_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
+        collate_fn=EmptySafeCollate(dataset),
         generator=generator,  # DataLoader draws its worker base seed from it first, as make_loader does
         **worker_options(device, num_workers),
     )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from norga.engine.distributed import global_count, local_loss_weight
 from norga.engine.faults import maybe_crash
 from norga.engine.stages import StageContext
 from norga.methods.statistics import ClassStatistics
@@ -35,6 +36,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def masked_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Logits of classes outside the boolean ``allowed`` (C,) set to -inf."""
     return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
+def shard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over this process's shard, weighted so that DDP's average over the ranks is the mean
+    over the global batch (:func:`~norga.engine.distributed.local_loss_weight`). An empty shard (a global
+    batch smaller than the process count) gives a zero loss that is still connected to the graph, so the
+    rank takes part in the gradient reduction."""
+    n = len(labels)
+    weight = local_loss_weight(n, global_count(n))
+    if n == 0:
+        return logits.sum() * 0.0
+    return weight * F.cross_entropy(logits, labels)
 
 
 def train_epoch(

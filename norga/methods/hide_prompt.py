@@ -21,12 +21,17 @@ from norga.engine.distributed import (
     all_gather_cat,
     all_gather_with_grad,
     data_parallel,
-    global_count,
     is_distributed,
-    local_loss_weight,
     shard_loader,
 )
-from norga.engine.loops import autocast, extract_features, masked_logits, train_epoch, train_on_statistics
+from norga.engine.loops import (
+    autocast,
+    extract_features,
+    masked_logits,
+    shard_cross_entropy,
+    train_epoch,
+    train_on_statistics,
+)
 from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
 from norga.engine.seeding import seed_stage
 from norga.engine.stages import StageContext
@@ -187,8 +192,7 @@ class HiDePrompt:
 
         def loss_fn(x, y):
             feats = x if tii.feature_cache else self.backbone_features(x)
-            weight = local_loss_weight(len(y), global_count(len(y)))
-            return weight * F.cross_entropy(masked_logits(self.tii(feats), allowed), y)
+            return shard_cross_entropy(masked_logits(self.tii(feats), allowed), y)
 
         step = data_parallel({"tii": self.tii}, loss_fn)
 
@@ -260,8 +264,7 @@ class HiDePrompt:
 
         def loss_fn(x, y):
             feats = self.task_features(x, task, momentum)
-            weight = local_loss_weight(len(y), global_count(len(y)))
-            loss = weight * F.cross_entropy(masked_logits(self.head(feats), allowed), y)
+            loss = shard_cross_entropy(masked_logits(self.head(feats), allowed), y)
             if reg:
                 # every rank computes the contrastive term over the whole global batch
                 loss = loss + reg * contrastive_loss(all_gather_with_grad(feats), means, temperature)
