@@ -105,6 +105,8 @@ def mocov3_linear_file(w: Weights) -> dict:
 CASES: dict[str, tuple[str, Callable[[Weights], dict], int]] = {
     "ibot21k": ("ibot21k", ibot21k_file, 10),
     "ibot": ("ibot", lambda w: {"state_dict": dict(w)}, 0),
+    # a released iBOT-1K teacher file that kept its projection head beside the backbone
+    "ibot-with-head": ("ibot", lambda w: {"state_dict": dict(w) | ibot_head("head.")}, 10),
     "dino": ("dino", dict, 0),
     "mocov3-model": ("mocov3", lambda w: {"model": dict(w)}, 0),  # convert_to_deit.py output
     # two 3-layer projection heads (16 keys each), the 2-layer predictor (10), the momentum encoder
