@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 from pathlib import Path
 
@@ -20,9 +19,13 @@ LETTERS = "ABCDEFGHIJ"
 
 
 def cifar_pattern(label: int, size: int = 32) -> np.ndarray:
-    """HWC uint8 image: red = label, green = 4 * row, blue = 4 * column (checks the HWC layout)."""
+    """HWC uint8 image: red = label, green = 8 * row, blue = 8 * column (checks the HWC layout).
+
+    Values reach 248: like real photos, the pixel bytes are not all ASCII, which is what makes the Python-2
+    pickles unreadable without ``encoding="latin1"``.
+    """
     rows, cols = np.mgrid[0:size, 0:size]
-    return np.stack([np.full((size, size), label), 4 * rows, 4 * cols], axis=-1).astype(np.uint8)
+    return np.stack([np.full((size, size), label), 8 * rows, 8 * cols], axis=-1).astype(np.uint8)
 
 
 def _cifar_rows(labels: list[int]) -> np.ndarray:
@@ -30,9 +33,74 @@ def _cifar_rows(labels: list[int]) -> np.ndarray:
     return np.stack([cifar_pattern(y).transpose(2, 0, 1).reshape(-1) for y in labels]).astype(np.uint8)
 
 
+def py2_pickle(obj: object) -> bytes:
+    """``obj`` pickled as the CIFAR files were, by Python 2's cPickle with protocol 2 and numpy 1.x.
+
+    Every ``str`` and ``bytes`` becomes a Python-2 byte string (SHORT_BINSTRING / BINSTRING), and a numpy
+    array is reduced to ``numpy.core.multiarray._reconstruct`` with its raw bytes as such a string. Python 3
+    reads these byte strings as ``str`` decoded with the ``encoding`` given to ``pickle.load`` (ASCII by
+    default), so the non-ASCII pixel bytes need ``encoding="latin1"``, as with the real files.
+    Handles what the CIFAR files hold: dict, list, tuple, str, bytes, int, bool, None, uint8 arrays.
+    """
+    out = bytearray(b"\x80\x02")  # PROTO 2
+    _py2_save(obj, out)
+    return bytes(out + b".")  # STOP
+
+
+def _py2_save(obj: object, out: bytearray) -> None:
+    if obj is None:
+        out += b"N"
+    elif isinstance(obj, bool):
+        out += b"\x88" if obj else b"\x89"  # NEWTRUE / NEWFALSE
+    elif isinstance(obj, int | np.integer):
+        value = int(obj)
+        if 0 <= value < 256:
+            out += b"K" + struct.pack("<B", value)  # BININT1
+        elif 0 <= value < 65536:
+            out += b"M" + struct.pack("<H", value)  # BININT2
+        else:
+            out += b"J" + struct.pack("<i", value)  # BININT
+    elif isinstance(obj, str | bytes):
+        raw = obj.encode("ascii") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            out += b"U" + struct.pack("<B", len(raw)) + raw  # SHORT_BINSTRING
+        else:
+            out += b"T" + struct.pack("<I", len(raw)) + raw  # BINSTRING
+    elif isinstance(obj, tuple):
+        out += b"("  # MARK
+        for item in obj:
+            _py2_save(item, out)
+        out += b"t"  # TUPLE
+    elif isinstance(obj, list):
+        out += b"]("  # EMPTY_LIST, MARK
+        for item in obj:
+            _py2_save(item, out)
+        out += b"e"  # APPENDS
+    elif isinstance(obj, dict):
+        out += b"}("  # EMPTY_DICT, MARK
+        for key, value in obj.items():
+            _py2_save(key, out)
+            _py2_save(value, out)
+        out += b"u"  # SETITEMS
+    elif isinstance(obj, np.ndarray) and obj.dtype == np.uint8:
+        out += b"cnumpy.core.multiarray\n_reconstruct\n"  # GLOBAL
+        out += b"(cnumpy\nndarray\n"
+        _py2_save((0,), out)
+        _py2_save(b"b", out)
+        out += b"tR"  # TUPLE, REDUCE: an empty array ...
+        out += b"(K\x01"  # ... then its state: (version 1, shape, dtype, fortran order, raw bytes)
+        _py2_save(tuple(obj.shape), out)
+        out += b"cnumpy\ndtype\n(U\x02u1K\x00K\x01tR"  # dtype('u1', 0, 1) ...
+        _py2_save((3, "|", None, None, None, -1, -1, 0), out)  # ... and its state
+        out += b"b\x89"  # BUILD the dtype; NEWFALSE (C order)
+        _py2_save(np.ascontiguousarray(obj).tobytes(), out)
+        out += b"tb"  # TUPLE, BUILD the array
+    else:
+        raise TypeError(f"py2_pickle does not handle {type(obj).__name__}")
+
+
 def _dump(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+    path.write_bytes(py2_pickle(obj))
 
 
 def make_cifar100(
