@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
-from .errors import DatasetNotFoundError, dataset_not_found
+from .errors import DatasetNotFoundError, dataset_file_error, dataset_not_found
 from .source import ArraySource, SourcePair
 
 _FILES = {
@@ -38,20 +39,32 @@ _VARIANTS = {
 }
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Read an idx file of unsigned bytes (gzip-compressed when the name ends in .gz)."""
+def read_idx(path: str, name: str = "MNIST", source: str = "") -> np.ndarray:
+    """Read an idx file of unsigned bytes (gzip-compressed when the name ends in .gz).
+
+    ``name`` (the dataset) and ``source`` (where intact files come from) go into the
+    :class:`DatasetFileError` raised for a damaged file.
+    """
+    expected = "an idx file of unsigned bytes (magic 0x00000801/0x00000803), plain or gzip-compressed"
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # a damaged .gz: BadGzipFile (an OSError), EOF, CRC errors
+        raise dataset_file_error(name, path, expected, err, source) from err
     # Magic: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _UBYTE or not 1 <= data[3] <= 3:
-        raise ValueError(f"{path} is not an unsigned-byte idx file (magic {data[:4].hex()})")
+        magic = data[:4].hex() or "absent: the file is empty"
+        raise dataset_file_error(name, path, expected, f"it is not an unsigned-byte idx file (magic {magic})", source)
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
     offset = 4 + 4 * ndim
-    expected = int(np.prod(shape))
-    if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says {shape} ({expected} bytes) but {len(data) - offset} follow")
+    if len(data) < offset:
+        raise dataset_file_error(name, path, expected, f"its header is cut short ({len(data)} bytes)", source)
+    shape = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    size = int(np.prod(shape))
+    if len(data) - offset != size:
+        problem = f"the header says {shape} ({size} bytes) but {len(data) - offset} follow"
+        raise dataset_file_error(name, path, expected, problem, source)
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -96,13 +109,22 @@ def load_mnist(root: str, download: bool = False, fashion: bool = False) -> Sour
             raise
         download_mnist(root, fashion)
         files = locate_mnist(root, fashion)
-    classes = _VARIANTS[fashion][3]
+    _, name, url, classes = _VARIANTS[fashion]
     splits = []
     for split in ("train", "test"):
-        images = read_idx(files[f"{split}_images"])
-        labels = read_idx(files[f"{split}_labels"])
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{split} idx files disagree: images {images.shape}, labels {labels.shape}")
+        image_file, label_file = files[f"{split}_images"], files[f"{split}_labels"]
+        images, labels = read_idx(image_file, name, url), read_idx(label_file, name, url)
+        if images.ndim != 3:
+            raise dataset_file_error(name, image_file, "an idx file of N images (3 dimensions)",
+                                     f"it holds an array of shape {images.shape}", url)
+        problem = ""
+        if labels.ndim != 1 or len(labels) != len(images):
+            problem = f"it holds an array of shape {labels.shape}"
+        elif labels.size and labels.max() >= len(classes):
+            problem = f"it holds labels up to {labels.max()}"
+        if problem:
+            expected = f"an idx file of {len(images)} labels 0..{len(classes) - 1}, one per image of {image_file}"
+            raise dataset_file_error(name, label_file, expected, problem, url)
         splits.append(ArraySource(images, labels, classes, "default"))
     return SourcePair(*splits)
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .errors import DatasetNotFoundError, dataset_not_found
+from .errors import DatasetNotFoundError, dataset_file_error, dataset_not_found
 from .source import ArraySource, SourcePair
 
 FOLDER = "svhn"
@@ -38,9 +38,27 @@ def download_svhn(root: str) -> None:
 def _read(path: str) -> tuple[np.ndarray, np.ndarray]:
     from scipy.io import loadmat
 
-    mat = loadmat(path)
-    images = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 0, 1, 2))
-    labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    expected = "a MATLAB .mat file with X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10"
+    try:
+        mat = loadmat(path)
+    except Exception as err:  # scipy raises ValueError, TypeError, MatReadError, OSError ... on a damaged file
+        raise dataset_file_error("SVHN", path, expected, err, _URL) from err
+    absent = [k for k in ("X", "y") if k not in mat]
+    if absent:
+        found = ", ".join(k for k in mat if not k.startswith("__")) or "nothing"
+        raise dataset_file_error("SVHN", path, expected, f"it lacks {', '.join(absent)} (it has: {found})", _URL)
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    problem = ""
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
+        problem = f"X is a {x.dtype} array of shape {x.shape}"
+    elif len(y) != x.shape[3]:
+        problem = f"X holds {x.shape[3]} images but y {len(y)} labels"
+    elif not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 1 or y.max() > 10)):
+        problem = "y holds values outside 1..10"
+    if problem:
+        raise dataset_file_error("SVHN", path, expected, problem, _URL)
+    images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))
+    labels = y.astype(np.int64)
     # The files label the digit 0 as 10; torchvision maps it back to 0 and so do we.
     labels[labels == 10] = 0
     return images, labels
