@@ -165,10 +165,15 @@ def mnist_pattern(label: int) -> np.ndarray:
 
 
 def make_mnist(
-    root: str | os.PathLike, fashion: bool = False, n_train: int = 20, n_test: int = 10, gz: bool = False
+    root: str | os.PathLike, fashion: bool = False, n_train: int = 20, n_test: int = 10, gz: bool = False,
+    folder: str | None = None,
 ) -> Path:
-    """``<root>/{MNIST|FashionMNIST}/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; label i % 10."""
-    raw = Path(root) / ("FashionMNIST" if fashion else "MNIST") / "raw"
+    """``<root>/{MNIST|FashionMNIST}/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; label i % 10.
+
+    ``folder`` replaces MNIST/FashionMNIST, e.g. ``MNIST_RGB``: torchvision names the folder after the dataset
+    class, and the reference code's MNIST is its subclass MNIST_RGB.
+    """
+    raw = Path(root) / (folder or ("FashionMNIST" if fashion else "MNIST")) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % 10
@@ -177,11 +182,28 @@ def make_mnist(
     return raw
 
 
-def make_svhn(root: str | os.PathLike, n_train: int = 20, n_test: int = 10) -> Path:
-    """``<root>/svhn/{train,test}_32x32.mat`` with X (32, 32, 3, N) and y (N, 1) in 1..10 (10 = digit 0)."""
+def make_mnist_legacy(root: str | os.PathLike, folder: str = "MNIST", n_train: int = 20, n_test: int = 10) -> Path:
+    """``<root>/<folder>/processed/{training,test}.pt`` as torchvision before 0.9 wrote them: a torch.save'd
+    (images uint8 (N, 28, 28), labels int64 (N,)) tuple per split; label i % 10."""
+    import torch
+
+    processed = Path(root) / folder / "processed"
+    processed.mkdir(parents=True, exist_ok=True)
+    for name, n in (("training.pt", n_train), ("test.pt", n_test)):
+        labels = np.arange(n) % 10
+        images = np.stack([mnist_pattern(y) for y in labels])
+        torch.save((torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))), processed / name)
+    return processed
+
+
+def make_svhn(root: str | os.PathLike, n_train: int = 20, n_test: int = 10, folder: str = "svhn") -> Path:
+    """``<root>/svhn/{train,test}_32x32.mat`` with X (32, 32, 3, N) and y (N, 1) in 1..10 (10 = digit 0).
+
+    ``folder=""`` writes them in root itself, as torchvision's SVHN (and so the reference code) keeps them.
+    """
     from scipy.io import savemat
 
-    base = Path(root) / "svhn"
+    base = Path(root) / folder
     base.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", n_train), ("test", n_test)):
         digits = np.arange(n) % 10
@@ -213,8 +235,15 @@ def wnid(k: int) -> str:
     return f"n{1440000 + 37 * k:08d}"
 
 
-def make_imagenet_r(root: str | os.PathLike, num_classes: int = 4, n_per_class: int = 5) -> Path:
-    """``<root>/imagenet-r/<wnid>/<style>_<i>.jpg``, assorted sizes; the first image of class 0 is grey."""
+def make_imagenet_r(
+    root: str | os.PathLike, num_classes: int = 4, n_per_class: int = 5, reference_split: bool = False
+) -> Path:
+    """``<root>/imagenet-r/<wnid>/<style>_<i>.jpg``, assorted sizes; the first image of class 0 is grey.
+
+    ``reference_split``: as the reference code leaves the folder after its first use, the images moved into
+    ``imagenet-r/{train,test}/<wnid>/`` (here the first round(0.8 n) of each class to train) and the class
+    folders deleted.
+    """
     base = Path(root) / "imagenet-r"
     rng = np.random.default_rng(0)
     for k in range(num_classes):
@@ -227,13 +256,26 @@ def make_imagenet_r(root: str | os.PathLike, num_classes: int = 4, n_per_class: 
             if k == 0 and i == 0:
                 img = img.convert("L")
             img.save(folder / f"{('art', 'cartoon', 'sketch')[i % 3]}_{i}.jpg", quality=80)
+    if reference_split:
+        for k in range(num_classes):
+            folder = base / wnid(k)
+            for i, path in enumerate(sorted(folder.iterdir(), key=lambda p: int(p.stem.split("_")[1]))):
+                split = "train" if i < int(0.8 * n_per_class + 0.5) else "test"
+                (base / split / wnid(k)).mkdir(parents=True, exist_ok=True)
+                path.rename(base / split / wnid(k) / path.name)
+            folder.rmdir()
     return base
 
 
 def make_cub(
-    root: str | os.PathLike, num_classes: int = 4, n_train_per_class: int = 3, n_test_per_class: int = 2
+    root: str | os.PathLike, num_classes: int = 4, n_train_per_class: int = 3, n_test_per_class: int = 2,
+    moved: bool = False,
 ) -> Path:
-    """``<root>/CUB_200_2011`` with its four index files (1-based ids) and ``images/<class>/*.jpg``."""
+    """``<root>/CUB_200_2011`` with its four index files (1-based ids) and ``images/<class>/*.jpg``.
+
+    ``moved``: as the reference code leaves it, each image moved to ``train/<class>/`` or ``test/<class>/``
+    by train_test_split.txt, ``images/<class>/`` left empty.
+    """
     base = Path(root) / "CUB_200_2011"
     rng = np.random.default_rng(1)
     images, split, labels, classes = [], [], [], []
@@ -255,6 +297,12 @@ def make_cub(
     for name, lines in (("images.txt", images), ("train_test_split.txt", split),
                         ("image_class_labels.txt", labels), ("classes.txt", classes)):
         (base / name).write_text("\n".join(lines) + "\n")
+    if moved:
+        for image, is_train in zip(images, split, strict=True):
+            rel = image.split(" ", 1)[1]
+            target = base / ("train" if is_train.endswith(" 1") else "test") / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (base / "images" / rel).rename(target)
     return base
 
 

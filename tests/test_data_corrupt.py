@@ -138,9 +138,9 @@ MNIST_BAD = {  # file under MNIST/raw -> (content, what the message says)
                                          gzip.compress(_idx_header(20, 28, 28) + bytes(100)),
                                          "the header says (20, 28, 28) (15680 bytes) but 100 follow"),
     "labels not one per image": ("train-labels-idx1-ubyte.gz", gzip.compress(_idx_header(7) + bytes(7)),
-                                 "it holds an array of shape (7,)"),
+                                 "it holds labels of shape (7,)"),
     "label beyond the classes": ("t10k-labels-idx1-ubyte.gz", gzip.compress(_idx_header(10) + bytes([12] * 10)),
-                                 "labels up to 12"),
+                                 "it holds labels 12..12"),
     "images without 3 dimensions": ("t10k-images-idx3-ubyte.gz",
                                     gzip.compress(_idx_header(10, 784) + bytes(7840)), "shape (10, 784)"),
 }

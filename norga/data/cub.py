@@ -1,7 +1,9 @@
-"""CUB-200-2011 from its official folder (index files plus images/)."""
+"""CUB-200-2011 from its official folder (index files plus images/, or the train/ and test/ folders the
+reference code moves the images into)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -9,7 +11,11 @@ import numpy as np
 from .errors import DatasetFileError, dataset_file_error, dataset_not_found
 from .source import FileSource, SourcePair
 
+log = logging.getLogger(__name__)
+
 FOLDER = "CUB_200_2011"
+_NAME = "CUB-200-2011"
+_MOVED = ("train", "test")  # the folders the reference code moves the training and test images into
 _INDEX_FILES = ("images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt")
 _URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz (unpack it inside root)"
 _TREE = f"""{FOLDER}/
@@ -17,10 +23,9 @@ _TREE = f"""{FOLDER}/
   train_test_split.txt    <image id> <1 = train, 0 = test>
   image_class_labels.txt  <image id> <class id, 1-based>
   classes.txt             <class id> <name>
-  images/001.Black_footed_Albatross/*.jpg ..."""
-
-
-_NAME = "CUB-200-2011"
+  images/001.Black_footed_Albatross/*.jpg ...
+  (or train/ and test/ in place of images/, with the same class folders: the reference code moves the
+  images there by the official split)"""
 _FORMAT = {  # what each index file holds, for error messages
     "images.txt": "'<image id> <path under images/>' lines",
     "train_test_split.txt": "'<image id> <1 = train, 0 = test>' lines",
@@ -63,7 +68,8 @@ def locate_cub(root: str) -> str:
     root = os.path.expanduser(os.fspath(root))
     base = os.path.join(root, FOLDER)
     missing = [os.path.join(FOLDER, f) for f in _INDEX_FILES if not os.path.isfile(os.path.join(base, f))]
-    if not os.path.isdir(os.path.join(base, "images")):
+    moved = all(os.path.isdir(os.path.join(base, s)) for s in _MOVED)
+    if not os.path.isdir(os.path.join(base, "images")) and not moved:
         missing.append(os.path.join(FOLDER, "images/"))
     if missing:
         raise dataset_not_found(_NAME, root, base, _TREE, _URL, missing)
@@ -99,11 +105,21 @@ def load_cub200(root: str, download: bool = False) -> SourcePair:
     classes = [class_names[k].split(".", 1)[-1] for k in class_ids]
 
     ids = sorted(images)
-    paths = [os.path.join(base, "images", images[i]) for i in ids]
+    paths, n_moved = [], 0
+    for i in ids:
+        path = os.path.join(base, "images", images[i])
+        # The reference code moves each image from images/<class>/ to train/<class>/ or test/<class>/ by the
+        # official split; a copy left that way is read where the images now are (with the same split).
+        moved = os.path.join(base, _MOVED[0] if is_train[i] == "1" else _MOVED[1], images[i])
+        if not os.path.isfile(path) and os.path.isfile(moved):
+            path, n_moved = moved, n_moved + 1
+        paths.append(path)
     absent = [os.path.relpath(p, root) for p in paths if not os.path.isfile(p)]
     if absent:
-        # A copy rearranged by the reference code (images moved into train/ and test/) ends up here too.
         raise dataset_not_found(_NAME, root, base, _TREE, _URL, absent)
+    if n_moved:
+        log.info("%s: %d of %d images read from %s/train and %s/test (where the reference code moves them), "
+                 "split as train_test_split.txt says", _NAME, n_moved, len(ids), base, base)
     y = np.array([int(labels[i]) - 1 for i in ids], dtype=np.int64)
     train = np.array([is_train[i] == "1" for i in ids])
     paths_arr = np.array(paths, dtype=object)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -13,18 +14,26 @@ FOLDER = "svhn"
 _FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 _URL = "http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)"
 
+log = logging.getLogger(__name__)
+
 
 def locate_svhn(root: str) -> dict[str, str]:
-    """Paths of the two .mat files; DatasetNotFoundError if either is missing."""
+    """Paths of the two .mat files, from ``<root>/svhn/`` or else ``<root>/`` itself (torchvision's SVHN
+    keeps them in the folder it is given, and the reference code gives it root); DatasetNotFoundError if
+    neither folder holds both."""
     root = os.path.expanduser(os.fspath(root))
-    paths = {split: os.path.join(root, FOLDER, f) for split, f in _FILES.items()}
-    missing = [os.path.relpath(p, root) for p in paths.values() if not os.path.isfile(p)]
-    if missing:
-        tree = "\n".join([f"{FOLDER}/"] + [f"  {f}" for f in _FILES.values()])
-        raise dataset_not_found(
-            "SVHN", root, os.path.join(root, FOLDER), tree, _URL, missing, torchvision_download=True
-        )
-    return paths
+    for folder in (os.path.join(root, FOLDER), root):
+        paths = {split: os.path.join(folder, f) for split, f in _FILES.items()}
+        if all(os.path.isfile(p) for p in paths.values()):
+            return paths
+    names = "{" + ",".join(s for s in _FILES) + "}_32x32.mat"
+    missing = [os.path.join(FOLDER, f) for f in _FILES.values() if not os.path.isfile(os.path.join(root, FOLDER, f))]
+    missing += [f for f in _FILES.values() if not os.path.isfile(os.path.join(root, f))]
+    tree = "\n".join([f"{FOLDER}/"] + [f"  {f}" for f in _FILES.values()]
+                     + ["or both directly in root (torchvision's and the reference code's layout):"]
+                     + [f"{f}" for f in _FILES.values()])
+    expected = f"{os.path.join(root, FOLDER, names)} or {os.path.join(root, names)}"
+    raise dataset_not_found("SVHN", root, expected, tree, _URL, missing, torchvision_download=True)
 
 
 def download_svhn(root: str) -> None:
@@ -65,7 +74,8 @@ def _read(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_svhn(root: str, download: bool = False) -> SourcePair:
-    """SVHN from ``<root>/svhn/{train,test}_32x32.mat``; 10 classes, digit d has label d."""
+    """SVHN from ``<root>/svhn/{train,test}_32x32.mat`` (or the two files directly in ``root``); 10 classes,
+    digit d has label d."""
     root = os.path.expanduser(os.fspath(root))
     try:
         paths = locate_svhn(root)
@@ -74,5 +84,6 @@ def load_svhn(root: str, download: bool = False) -> SourcePair:
             raise
         download_svhn(root)
         paths = locate_svhn(root)
+    log.info("SVHN: reading %s", " and ".join(paths.values()))
     classes = [str(d) for d in range(10)]
     return SourcePair(*(ArraySource(*_read(paths[s]), classes, "default") for s in ("train", "test")))
