@@ -39,6 +39,9 @@ class BackboneConfig:
     pretrained: bool = True
     checkpoint: str | None = None
     format: Any = None  # {_target_: norga.models.checkpoint_formats.<Format>, ...}
+    # Read a checkpoint that needs pickled objects besides tensors (torch.load weights_only=False): this runs
+    # code stored in the file, so only for files from a trusted source.
+    trust_checkpoint: bool = False
     source: str = ""
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

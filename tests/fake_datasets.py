@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 from pathlib import Path
 
@@ -20,9 +19,13 @@ LETTERS = "ABCDEFGHIJ"
 
 
 def cifar_pattern(label: int, size: int = 32) -> np.ndarray:
-    """HWC uint8 image: red = label, green = 4 * row, blue = 4 * column (checks the HWC layout)."""
+    """HWC uint8 image: red = label, green = 8 * row, blue = 8 * column (checks the HWC layout).
+
+    Values reach 248: like real photos, the pixel bytes are not all ASCII, which is what makes the Python-2
+    pickles unreadable without ``encoding="latin1"``.
+    """
     rows, cols = np.mgrid[0:size, 0:size]
-    return np.stack([np.full((size, size), label), 4 * rows, 4 * cols], axis=-1).astype(np.uint8)
+    return np.stack([np.full((size, size), label), 8 * rows, 8 * cols], axis=-1).astype(np.uint8)
 
 
 def _cifar_rows(labels: list[int]) -> np.ndarray:
@@ -30,9 +33,74 @@ def _cifar_rows(labels: list[int]) -> np.ndarray:
     return np.stack([cifar_pattern(y).transpose(2, 0, 1).reshape(-1) for y in labels]).astype(np.uint8)
 
 
+def py2_pickle(obj: object) -> bytes:
+    """``obj`` pickled as the CIFAR files were, by Python 2's cPickle with protocol 2 and numpy 1.x.
+
+    Every ``str`` and ``bytes`` becomes a Python-2 byte string (SHORT_BINSTRING / BINSTRING), and a numpy
+    array is reduced to ``numpy.core.multiarray._reconstruct`` with its raw bytes as such a string. Python 3
+    reads these byte strings as ``str`` decoded with the ``encoding`` given to ``pickle.load`` (ASCII by
+    default), so the non-ASCII pixel bytes need ``encoding="latin1"``, as with the real files.
+    Handles what the CIFAR files hold: dict, list, tuple, str, bytes, int, bool, None, uint8 arrays.
+    """
+    out = bytearray(b"\x80\x02")  # PROTO 2
+    _py2_save(obj, out)
+    return bytes(out + b".")  # STOP
+
+
+def _py2_save(obj: object, out: bytearray) -> None:
+    if obj is None:
+        out += b"N"
+    elif isinstance(obj, bool):
+        out += b"\x88" if obj else b"\x89"  # NEWTRUE / NEWFALSE
+    elif isinstance(obj, int | np.integer):
+        value = int(obj)
+        if 0 <= value < 256:
+            out += b"K" + struct.pack("<B", value)  # BININT1
+        elif 0 <= value < 65536:
+            out += b"M" + struct.pack("<H", value)  # BININT2
+        else:
+            out += b"J" + struct.pack("<i", value)  # BININT
+    elif isinstance(obj, str | bytes):
+        raw = obj.encode("ascii") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            out += b"U" + struct.pack("<B", len(raw)) + raw  # SHORT_BINSTRING
+        else:
+            out += b"T" + struct.pack("<I", len(raw)) + raw  # BINSTRING
+    elif isinstance(obj, tuple):
+        out += b"("  # MARK
+        for item in obj:
+            _py2_save(item, out)
+        out += b"t"  # TUPLE
+    elif isinstance(obj, list):
+        out += b"]("  # EMPTY_LIST, MARK
+        for item in obj:
+            _py2_save(item, out)
+        out += b"e"  # APPENDS
+    elif isinstance(obj, dict):
+        out += b"}("  # EMPTY_DICT, MARK
+        for key, value in obj.items():
+            _py2_save(key, out)
+            _py2_save(value, out)
+        out += b"u"  # SETITEMS
+    elif isinstance(obj, np.ndarray) and obj.dtype == np.uint8:
+        out += b"cnumpy.core.multiarray\n_reconstruct\n"  # GLOBAL
+        out += b"(cnumpy\nndarray\n"
+        _py2_save((0,), out)
+        _py2_save(b"b", out)
+        out += b"tR"  # TUPLE, REDUCE: an empty array ...
+        out += b"(K\x01"  # ... then its state: (version 1, shape, dtype, fortran order, raw bytes)
+        _py2_save(tuple(obj.shape), out)
+        out += b"cnumpy\ndtype\n(U\x02u1K\x00K\x01tR"  # dtype('u1', 0, 1) ...
+        _py2_save((3, "|", None, None, None, -1, -1, 0), out)  # ... and its state
+        out += b"b\x89"  # BUILD the dtype; NEWFALSE (C order)
+        _py2_save(np.ascontiguousarray(obj).tobytes(), out)
+        out += b"tb"  # TUPLE, BUILD the array
+    else:
+        raise TypeError(f"py2_pickle does not handle {type(obj).__name__}")
+
+
 def _dump(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+    path.write_bytes(py2_pickle(obj))
 
 
 def make_cifar100(
@@ -97,10 +165,15 @@ def mnist_pattern(label: int) -> np.ndarray:
 
 
 def make_mnist(
-    root: str | os.PathLike, fashion: bool = False, n_train: int = 20, n_test: int = 10, gz: bool = False
+    root: str | os.PathLike, fashion: bool = False, n_train: int = 20, n_test: int = 10, gz: bool = False,
+    folder: str | None = None,
 ) -> Path:
-    """``<root>/{MNIST|FashionMNIST}/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; label i % 10."""
-    raw = Path(root) / ("FashionMNIST" if fashion else "MNIST") / "raw"
+    """``<root>/{MNIST|FashionMNIST}/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; label i % 10.
+
+    ``folder`` replaces MNIST/FashionMNIST, e.g. ``MNIST_RGB``: torchvision names the folder after the dataset
+    class, and the reference code's MNIST is its subclass MNIST_RGB.
+    """
+    raw = Path(root) / (folder or ("FashionMNIST" if fashion else "MNIST")) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % 10
@@ -109,11 +182,28 @@ def make_mnist(
     return raw
 
 
-def make_svhn(root: str | os.PathLike, n_train: int = 20, n_test: int = 10) -> Path:
-    """``<root>/svhn/{train,test}_32x32.mat`` with X (32, 32, 3, N) and y (N, 1) in 1..10 (10 = digit 0)."""
+def make_mnist_legacy(root: str | os.PathLike, folder: str = "MNIST", n_train: int = 20, n_test: int = 10) -> Path:
+    """``<root>/<folder>/processed/{training,test}.pt`` as torchvision before 0.9 wrote them: a torch.save'd
+    (images uint8 (N, 28, 28), labels int64 (N,)) tuple per split; label i % 10."""
+    import torch
+
+    processed = Path(root) / folder / "processed"
+    processed.mkdir(parents=True, exist_ok=True)
+    for name, n in (("training.pt", n_train), ("test.pt", n_test)):
+        labels = np.arange(n) % 10
+        images = np.stack([mnist_pattern(y) for y in labels])
+        torch.save((torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))), processed / name)
+    return processed
+
+
+def make_svhn(root: str | os.PathLike, n_train: int = 20, n_test: int = 10, folder: str = "svhn") -> Path:
+    """``<root>/svhn/{train,test}_32x32.mat`` with X (32, 32, 3, N) and y (N, 1) in 1..10 (10 = digit 0).
+
+    ``folder=""`` writes them in root itself, as torchvision's SVHN (and so the reference code) keeps them.
+    """
     from scipy.io import savemat
 
-    base = Path(root) / "svhn"
+    base = Path(root) / folder
     base.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", n_train), ("test", n_test)):
         digits = np.arange(n) % 10
@@ -145,8 +235,15 @@ def wnid(k: int) -> str:
     return f"n{1440000 + 37 * k:08d}"
 
 
-def make_imagenet_r(root: str | os.PathLike, num_classes: int = 4, n_per_class: int = 5) -> Path:
-    """``<root>/imagenet-r/<wnid>/<style>_<i>.jpg``, assorted sizes; the first image of class 0 is grey."""
+def make_imagenet_r(
+    root: str | os.PathLike, num_classes: int = 4, n_per_class: int = 5, reference_split: bool = False
+) -> Path:
+    """``<root>/imagenet-r/<wnid>/<style>_<i>.jpg``, assorted sizes; the first image of class 0 is grey.
+
+    ``reference_split``: as the reference code leaves the folder after its first use, the images moved into
+    ``imagenet-r/{train,test}/<wnid>/`` (here the first round(0.8 n) of each class to train) and the class
+    folders deleted.
+    """
     base = Path(root) / "imagenet-r"
     rng = np.random.default_rng(0)
     for k in range(num_classes):
@@ -159,13 +256,26 @@ def make_imagenet_r(root: str | os.PathLike, num_classes: int = 4, n_per_class: 
             if k == 0 and i == 0:
                 img = img.convert("L")
             img.save(folder / f"{('art', 'cartoon', 'sketch')[i % 3]}_{i}.jpg", quality=80)
+    if reference_split:
+        for k in range(num_classes):
+            folder = base / wnid(k)
+            for i, path in enumerate(sorted(folder.iterdir(), key=lambda p: int(p.stem.split("_")[1]))):
+                split = "train" if i < int(0.8 * n_per_class + 0.5) else "test"
+                (base / split / wnid(k)).mkdir(parents=True, exist_ok=True)
+                path.rename(base / split / wnid(k) / path.name)
+            folder.rmdir()
     return base
 
 
 def make_cub(
-    root: str | os.PathLike, num_classes: int = 4, n_train_per_class: int = 3, n_test_per_class: int = 2
+    root: str | os.PathLike, num_classes: int = 4, n_train_per_class: int = 3, n_test_per_class: int = 2,
+    moved: bool = False,
 ) -> Path:
-    """``<root>/CUB_200_2011`` with its four index files (1-based ids) and ``images/<class>/*.jpg``."""
+    """``<root>/CUB_200_2011`` with its four index files (1-based ids) and ``images/<class>/*.jpg``.
+
+    ``moved``: as the reference code leaves it, each image moved to ``train/<class>/`` or ``test/<class>/``
+    by train_test_split.txt, ``images/<class>/`` left empty.
+    """
     base = Path(root) / "CUB_200_2011"
     rng = np.random.default_rng(1)
     images, split, labels, classes = [], [], [], []
@@ -187,6 +297,12 @@ def make_cub(
     for name, lines in (("images.txt", images), ("train_test_split.txt", split),
                         ("image_class_labels.txt", labels), ("classes.txt", classes)):
         (base / name).write_text("\n".join(lines) + "\n")
+    if moved:
+        for image, is_train in zip(images, split, strict=True):
+            rel = image.split(" ", 1)[1]
+            target = base / ("train" if is_train.endswith(" 1") else "test") / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (base / "images" / rel).rename(target)
     return base
 
 

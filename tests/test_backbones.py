@@ -21,6 +21,8 @@ from norga.models import checkpoint_formats
 from norga.models.checkpoint_formats import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointReadError,
+    UntrustedCheckpointError,
     build_backbone,
     check_checkpoint_available,
 )
@@ -105,6 +107,8 @@ def mocov3_linear_file(w: Weights) -> dict:
 CASES: dict[str, tuple[str, Callable[[Weights], dict], int]] = {
     "ibot21k": ("ibot21k", ibot21k_file, 10),
     "ibot": ("ibot", lambda w: {"state_dict": dict(w)}, 0),
+    # a released iBOT-1K teacher file that kept its projection head beside the backbone
+    "ibot-with-head": ("ibot", lambda w: {"state_dict": dict(w) | ibot_head("head.")}, 10),
     "dino": ("dino", dict, 0),
     "mocov3-model": ("mocov3", lambda w: {"model": dict(w)}, 0),  # convert_to_deit.py output
     # two 3-layer projection heads (16 keys each), the 2-layer predictor (10), the momentum encoder
@@ -219,17 +223,111 @@ def test_random_weights_touch_no_file(name: str, tmp_path: Path, monkeypatch: py
     assert model.embed_dim == 64 and len(model.blocks) == 2 and model.num_classes == 0
 
 
-class _LegacyMeta:  # an arbitrary pickled class: needs weights_only=False
-    pass
+UNPICKLED: list[str] = []
 
 
-def test_legacy_pickle_falls_back_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _unpickle_marker(tag: str) -> str:
+    UNPICKLED.append(tag)
+    return tag
+
+
+class _PickledObject:
+    """Stands for any arbitrary pickled object: unpickling it calls a function (here a harmless marker)."""
+
+    def __reduce__(self) -> tuple:
+        return _unpickle_marker, ("ran",)
+
+
+def test_pickled_objects_are_refused_unread(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = backbone_cfg("ibot", tmp_path)
+    path = write(cfg, {"state_dict": vit_weights(), "meta": _PickledObject()})
+    UNPICKLED.clear()
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with pytest.raises(UntrustedCheckpointError) as err:
+        build_backbone(cfg, num_classes=0)
+    message = str(err.value)
+    assert str(path) in message and "_unpickle_marker" in message  # the file and the object it needs
+    assert "backbone.trust_checkpoint=true" in message  # the opt-in
+    assert UNPICKLED == []  # refused without running anything from the file: no second, unsafe read
+    assert "weights_only=False" not in caplog.text
+
+
+def test_trust_checkpoint_opts_in_to_pickled_objects(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = backbone_cfg("ibot", tmp_path, trust_checkpoint=True)
     w = vit_weights()
-    write(cfg, {"state_dict": w, "meta": _LegacyMeta()})
+    write(cfg, {"state_dict": w, "meta": _PickledObject()})
+    UNPICKLED.clear()
     caplog.set_level(logging.INFO, logger=LOGGER)
     assert_loaded(build_backbone(cfg, num_classes=0), w)
-    assert "weights_only=False" in caplog.text and "meta" in caplog.text
+    assert UNPICKLED == ["ran"]
+    assert "weights_only=False" in caplog.text and "trust_checkpoint" in caplog.text
+
+
+def test_every_backbone_node_refuses_pickled_objects_by_default() -> None:
+    for path in sorted(CONF.glob("*.yaml")):
+        assert OmegaConf.load(path).trust_checkpoint is False, path.name
+    from norga.config import BackboneConfig
+
+    assert BackboneConfig.trust_checkpoint is False
+
+
+def _zip_checkpoint(path: Path) -> bytes:
+    torch.save({"state_dict": vit_weights()}, path)
+    return path.read_bytes()
+
+
+# a file that is no checkpoint: what a failed or interrupted download leaves behind
+BAD_FILES: dict[str, Callable[[Path], bytes]] = {
+    "empty": lambda p: b"",
+    "text": lambda p: b"this is not a checkpoint\n" * 20,
+    "html-error-page": lambda p: b"<!DOCTYPE html><html><body>403 Forbidden</body></html>\n",
+    "truncated-zip": lambda p: _zip_checkpoint(p)[:2000],
+    "truncated-legacy-pickle": lambda p: _legacy_checkpoint(p)[:300],
+}
+
+
+def _legacy_checkpoint(path: Path) -> bytes:
+    torch.save({"state_dict": vit_weights()}, path, _use_new_zipfile_serialization=False)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("bad", BAD_FILES)
+@pytest.mark.parametrize("name", ["ibot", "sup21k"])
+def test_unreadable_pth_names_the_file(bad: str, name: str, tmp_path: Path) -> None:
+    path = tmp_path / "weights.pth"
+    content = BAD_FILES[bad](path)
+    path.write_bytes(content)
+    cfg = backbone_cfg(name, tmp_path, checkpoint=str(path))
+    for trust in (False, True):  # the opt-in reads differently, and reports a bad file just the same
+        OmegaConf.update(cfg, "trust_checkpoint", trust, force_add=True)
+        with pytest.raises(CheckpointReadError) as err:
+            build_backbone(cfg, num_classes=0)
+        message = str(err.value)
+        assert not isinstance(err.value, UntrustedCheckpointError)
+        assert str(path) in message and "expected a torch.save file" in message
+        assert ("the file is empty" in message) == (bad == "empty")
+        if name == "ibot":
+            assert cfg.source.split()[0] in message  # where to fetch it again
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_unreadable_safetensors_and_npz_name_the_file(suffix: str, tmp_path: Path) -> None:
+    expected = {".safetensors": "expected a .safetensors file", ".npz": "expected a NumPy .npz archive"}[suffix]
+    path = tmp_path / f"weights{suffix}"
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".safetensors":
+        save_file(vit_weights(), str(good))
+    else:
+        np.savez(good, **google_npz(vit_weights(), SMALL["num_heads"]))
+    for content in (b"", b"<html>404</html>" * 4, good.read_bytes()[:1000]):
+        path.write_bytes(content)
+        for name in ("sup21k", "dino"):
+            if suffix == ".npz" and name == "dino":
+                continue  # StateDictFormat sends .npz files to TimmPretrained (tested elsewhere)
+            cfg = backbone_cfg(name, tmp_path, checkpoint=str(path))
+            with pytest.raises(CheckpointReadError, match=expected) as err:
+                build_backbone(cfg, num_classes=0)
+            assert str(path) in str(err.value)
 
 
 def test_key_without_drop_rule_is_an_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -96,21 +97,46 @@ def test_stratified_split_rounds_half_up():
     assert sum(p.startswith("b/") for p in split["train"]) == 2
 
 
-def test_reference_rearranged_layout_is_read_as_is(tmp_path):
-    # The reference code moves the files into imagenet-r/{train,test}/<wnid>/; such a copy still loads.
-    make_imagenet_r(tmp_path / "a", num_classes=3, n_per_class=4)
-    base = tmp_path / "data" / "imagenet-r"
-    layout = {"train": ["art_0.jpg", "cartoon_1.jpg", "sketch_2.jpg"], "test": ["art_3.jpg"]}
-    for k in range(3):
-        for split, names in layout.items():
-            (base / split / wnid(k)).mkdir(parents=True)
-            for name in names:
-                src = tmp_path / "a" / "imagenet-r" / wnid(k) / name
-                (base / split / wnid(k) / name).write_bytes(src.read_bytes())
-    with pytest.warns(UserWarning, match="reference code"):
-        pair = load_imagenet_r(str(tmp_path / "data"), cache_dir=tmp_path / "cache")
+def reference_layout(tmp_path, num_classes=3, left_behind=0):
+    """What the reference code leaves (3 train and 1 test image per class), ``left_behind`` class folders
+    still holding an image as after an interrupted move, and an emptied one as after a complete move."""
+    base = make_imagenet_r(tmp_path / "data", num_classes=num_classes, n_per_class=4, reference_split=True)
+    for k in range(left_behind):
+        (base / wnid(k)).mkdir()
+        (base / wnid(k) / "art_9.jpg").write_bytes((base / "test" / wnid(k) / "art_3.jpg").read_bytes())
+    (base / "n09999999").mkdir()  # an emptied class folder is harmless
+    return tmp_path / "data"
+
+
+def test_reference_rearranged_layout_is_read_as_is(tmp_path, caplog):
+    # The reference code moves the files into imagenet-r/{train,test}/<wnid>/; such a copy still loads, with
+    # that split, and the log says so.
+    root = reference_layout(tmp_path)
+    with caplog.at_level(logging.INFO, logger="norga.data.imagenet_r"):
+        pair = load_imagenet_r(str(root), cache_dir=tmp_path / "cache")
     assert pair.train.classes == [wnid(k) for k in range(3)]
     assert np.bincount(pair.train.labels).tolist() == [3, 3, 3]
     assert np.bincount(pair.test.labels).tolist() == [1, 1, 1]
+    assert all("/train/" in p for p in pair.train.paths) and all("/test/" in p for p in pair.test.paths)
     assert pair.test.image(0).mode == "RGB"
     assert not (tmp_path / "cache").exists()
+    record = next(r for r in caplog.records if "split" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert f"{root / 'imagenet-r'}/train" in record.getMessage() and "9 train, 3 test" in record.getMessage()
+    assert "not norga's deterministic one" in record.getMessage()
+
+
+def test_norgas_split_is_named_in_the_log(root, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="norga.data.imagenet_r"):
+        load_imagenet_r(str(root), cache_dir=tmp_path / "cache")
+        load_imagenet_r(str(root), cache_dir=tmp_path / "cache")
+    saved, read = [r.getMessage() for r in caplog.records if "norga's split" in r.getMessage()]
+    cache_file = str(next((tmp_path / "cache").glob("imagenet-r-split-*.json")))
+    assert "24 train, 4 test" in saved and f"saved to {cache_file}" in saved
+    assert f"read from {cache_file}" in read
+
+
+def test_interrupted_reference_move_is_refused(tmp_path):
+    root = reference_layout(tmp_path, left_behind=2)
+    with pytest.raises(ValueError, match=r"(?s)also 2 class folders with images.*interrupted.*imagenet-r\.tar"):
+        load_imagenet_r(str(root), cache_dir=tmp_path / "cache")

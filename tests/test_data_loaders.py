@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import pickletools
 
 import numpy as np
 import pytest
@@ -51,6 +53,31 @@ def test_cifar100_reads_pickles(tmp_path):
     i = 37
     np.testing.assert_array_equal(np.asarray(pair.train.image(i)), cifar_pattern(int(pair.train.labels[i])))
     assert_rgb(pair)
+
+
+# the opcodes Python 3 writes for str and bytes; Python 2's cPickle never did
+PY3_STRING_OPCODES = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"}
+
+
+@pytest.mark.parametrize(("make", "folder", "load"), [(make_cifar100, "cifar-100-python", load_cifar100),
+                                                       (make_cifar10, "cifar-10-batches-py", load_cifar10)])
+def test_cifar_fakes_are_python2_pickles_like_the_real_files(tmp_path, make, folder, load):
+    make(tmp_path)
+    files = sorted((tmp_path / folder).iterdir())
+    for path in files:
+        raw = path.read_bytes()
+        assert raw[:2] == b"\x80\x02", path.name  # PROTO 2, cPickle's highest
+        ops = {op.name for op, _, _ in pickletools.genops(raw)}
+        assert "SHORT_BINSTRING" in ops and not PY3_STRING_OPCODES & ops, path.name
+    # The pixel arrays are Python-2 byte strings holding non-ASCII bytes: Python 3's default pickle.load
+    # fails on them, as on the real files; the loader's encoding="latin1" is what reads them.
+    batches = [p for p in files if "meta" not in p.name]
+    for path in batches:
+        with open(path, "rb") as f, pytest.raises(UnicodeDecodeError):
+            pickle.load(f)
+    pair = load(tmp_path)
+    assert pair.train.classes[0] in ("class_000", "airplane")  # names are str, not bytes
+    np.testing.assert_array_equal(np.asarray(pair.train.image(0)), cifar_pattern(int(pair.train.labels[0])))
 
 
 def test_cifar10_reads_all_five_batches(tmp_path):

@@ -12,7 +12,7 @@ from norga import paper_results
 from norga.report import main
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_MD = REPO.parent / "shared" / "PAPER_RESULTS.md"
+PAPER_MD = REPO / "docs" / "paper_results.md"
 
 
 def _matrix(num_tasks: int, done: int | None = None, value: float = 90.0) -> list[list[float]]:
@@ -201,27 +201,43 @@ def test_duplicate_seed_is_warned(tmp_path, capsys):
     assert "seed 42 appears 2 times" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not PAPER_MD.is_file(), reason=f"{PAPER_MD} not present")
-def test_packaged_numbers_match_paper_results_md():
-    """Every packaged number appears in PAPER_RESULTS.md, in the row and column it claims."""
+def _numbers_in_paper_md(text: str) -> dict[tuple[str, ...], paper_results.Published]:
+    """Every number of docs/paper_results.md, keyed as norga/assets/paper_results.csv keys them."""
     import re
 
-    text = PAPER_MD.read_text()
-    entries = paper_results.all_entries()
-    assert len(entries) == 3 * 6 * 2 * 2 + 3 + 4 * 4  # Table 1 FA/CA, 3 FFM values, the gate ablation
-    table1 = {}
-    for line in text.splitlines():
-        m = re.match(r"\| (Sup-21K|iBOT-21K|iBOT-1K) \| ([^|]+?) \| (.*) \|$", line)
-        if m:
-            table1[m[1], m[2]] = re.findall(r"(\d+\.\d+) \+- (\d+\.\d+)", m[3])
+    found: dict[tuple[str, ...], paper_results.Published] = {}
     columns = [("CIFAR-100", "FA"), ("CIFAR-100", "CA"), ("ImageNet-R", "FA"), ("ImageNet-R", "CA")]
-    for (table, dataset, backbone, method, _gate, metric), pub in entries.items():
-        if table == "table1" and metric != "FFM":
-            mean, std = table1[backbone, method][columns.index((dataset, metric))]
-            assert (pub.mean, pub.std) == (float(mean), float(std))
-    assert "NoRGa 1.44 (CIFAR-100), 4.59 (ImageNet-R); HiDe-Prompt 1.50 (CIFAR-100)" in text
+    for m in re.finditer(r"^\| (Sup-21K|iBOT-21K|iBOT-1K) \| ([^|]+?) \| (.*) \|$", text, re.M):
+        cells = re.findall(r"(\d+\.\d+) \+- (\d+\.\d+)", m[3])
+        assert len(cells) == len(columns), m[0]
+        for (dataset, metric), (mean, std) in zip(columns, cells, strict=True):
+            found["table1", dataset, m[1], m[2], "", metric] = paper_results.Published(float(mean), float(std))
+    ffm = re.search(r"^FFM \(Sup-21K\): (.*)\.$", text, re.M)
+    assert ffm, "the FFM line"
+    for part in ffm[1].split("; "):
+        method = part.split()[0]
+        for mean, dataset in re.findall(r"(\d+\.\d+) \(([^)]+)\)", part):
+            found["table1", dataset, "Sup-21K", method, "", "FFM"] = paper_results.Published(float(mean))
+    header = re.search(r"^\| \| (CIFAR-100 .*) \|$", text, re.M)
+    assert header, "the gate-ablation table"
+    settings = [cell.rsplit(" ", 1) for cell in header[1].split(" | ")]
+    for m in re.finditer(r"^\| (HiDe-Prompt \(no gate\)|NoRGa \w+) \| (.*) \|$", text, re.M):
+        method, gate = ("HiDe-Prompt", "none") if m[1].startswith("HiDe") else ("NoRGa", m[1].split()[1].lower())
+        for (dataset, backbone), mean in zip(settings, m[2].split(" | "), strict=True):
+            found["gate_ablation", dataset, backbone, method, gate, "FA"] = paper_results.Published(float(mean))
+    return found
+
+
+def test_packaged_numbers_match_paper_results_md():
+    """norga/assets/paper_results.csv holds exactly the numbers of docs/paper_results.md, each under the
+    table, dataset, backbone, method, gate and metric it appears under there."""
+    assert PAPER_MD.is_file(), f"{PAPER_MD} is missing: it is the transcription the packaged numbers come from"
+    published = _numbers_in_paper_md(PAPER_MD.read_text())
+    assert len(published) == 3 * 6 * 2 * 2 + 3 + 4 * 4  # Table 1 FA/CA, 3 FFM values, the gate ablation
+    assert paper_results.all_entries() == published
+    # config names reach the paper's
     assert str(paper_results.main_table("imr", "sup21k", "norga", "FFM")) == "4.59"
-    assert "| NoRGa GELU | 94.05 | 94.63 | 90.74 | 80.54 |" in text
+    assert str(paper_results.main_table("cifar100", "ibot", "hide", "CA")) == "95.02 ± 0.01"
     assert [paper_results.gate_ablation(d, b, "norga", "gelu").mean
             for d in ("cifar100", "cub") for b in ("sup21k", "ibot21k")] == [94.05, 94.63, 90.74, 80.54]
     assert paper_results.gate_ablation("cub", "ibot21k", "hide", None).mean == 78.23

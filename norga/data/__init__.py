@@ -4,7 +4,7 @@ from .benchmark import Benchmark, SourceDataset, build_benchmark
 from .cifar import load_cifar10, load_cifar100
 from .cub import load_cub200
 from .digits import load_digits
-from .errors import DatasetNotFoundError
+from .errors import DatasetFileError, DatasetNotFoundError
 from .five_datasets import load_five_datasets, part_order
 from .imagenet_r import load_imagenet_r
 from .mnist import load_fashion_mnist, load_mnist
@@ -18,6 +18,7 @@ __all__ = [
     "ArraySource",
     "Benchmark",
     "ConcatSource",
+    "DatasetFileError",
     "DatasetNotFoundError",
     "FileSource",
     "ImageSource",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DatasetNotFoundError
+from .errors import DatasetFileError, DatasetNotFoundError
 from .source import ImageSource, SourcePair
 from .transforms import build_transform
 
@@ -183,10 +183,10 @@ def build_benchmark(
     try:
         pair = instantiate(dataset_cfg.source)
     except Exception as err:
-        # Hydra wraps whatever the loader raised; a missing dataset should surface as itself, with its
-        # message on what to put where, not as an InstantiationException.
+        # Hydra wraps whatever the loader raised; a missing or damaged dataset should surface as itself, with
+        # its message on what to put where, not as an InstantiationException.
         cause = err
-        while cause is not None and not isinstance(cause, DatasetNotFoundError):
+        while cause is not None and not isinstance(cause, DatasetNotFoundError | DatasetFileError):
             cause = cause.__cause__
         if cause is None:
             raise

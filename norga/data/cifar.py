@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DatasetNotFoundError, dataset_not_found
+from .errors import DatasetNotFoundError, dataset_file_error, dataset_not_found
 from .source import ArraySource, SourcePair
 
 # The reference transforms CIFAR-10 (inside 5-Datasets) with the CIFAR transform too.
@@ -69,20 +69,68 @@ CIFAR10 = _Layout(
 )
 
 
-def _unpickle(path: str) -> dict:
-    with open(path, "rb") as f:
-        # The official files are Python 2 pickles: latin1 turns their byte strings into str.
-        obj = pickle.load(f, encoding="latin1")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+# What a CIFAR pickle may refer to: the numpy functions that rebuild its arrays. ``_reconstruct`` is taken
+# from numpy itself, so files written with numpy 1.x (numpy.core) and 2.x (numpy._core) both resolve.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
 
 
-def _read_batches(paths: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain Python values only: a file that asks for any other global is not a
+    CIFAR file, and unpickling it could run code stored in it."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _NUMPY_GLOBALS[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR file does") from None
+
+
+def _unpickle(layout: _Layout, path: str, keys: tuple[str, ...]) -> dict:
+    """The dict in one of the dataset's pickles, with str keys; ``keys`` must be among them."""
+    expected = f"a CIFAR python pickle: a dict with the keys {', '.join(keys)}"
+    try:
+        with open(path, "rb") as f:
+            # The official files are Python 2 pickles: latin1 turns their byte strings into str.
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as err:  # a damaged pickle fails in many ways: EOFError, UnpicklingError, ValueError, ...
+        raise dataset_file_error(layout.name, path, expected, err, layout.url) from err
+    if not isinstance(obj, dict):
+        raise dataset_file_error(layout.name, path, expected, f"it holds a {type(obj).__name__}", layout.url)
+    obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    absent = [k for k in keys if k not in obj]
+    if absent:
+        found = ", ".join(map(str, list(obj)[:10]))
+        raise dataset_file_error(layout.name, path, expected, f"it lacks {', '.join(absent)} (it has: {found})",
+                                 layout.url)
+    return obj
+
+
+def _read_batches(layout: _Layout, paths: list[str], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for path in paths:
-        batch = _unpickle(path)
-        data = np.asarray(batch["data"], dtype=np.uint8)
+        batch = _unpickle(layout, path, ("data", layout.label_key))
+        data, y = batch["data"], np.asarray(batch[layout.label_key])
+        key = layout.label_key
+        expected = f"'data' of shape (N, 3072) uint8 and N class ids 0..{num_classes - 1} in '{key}'"
+        problem = ""
+        if not isinstance(data, np.ndarray):
+            problem = f"'data' is a {type(data).__name__}"
+        elif data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            problem = f"'data' is a {data.dtype} array of shape {data.shape}"
+        elif y.shape != (len(data),):
+            problem = f"{len(data)} rows of 'data' but {y.size} values in '{key}'"
+        elif not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 0 or y.max() >= num_classes)):
+            problem = f"'{key}' holds values that are not class ids 0..{num_classes - 1}"
+        if problem:
+            raise dataset_file_error(layout.name, path, expected, problem, layout.url)
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        labels.append(y.astype(np.int64))
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
@@ -103,9 +151,14 @@ def _load(layout: _Layout, root: str, download: bool) -> SourcePair:
         _download(layout, root)
         layout.locate(root)
     base = os.path.join(root, layout.folder)
-    classes = [str(c) for c in _unpickle(os.path.join(base, layout.meta_file))[layout.names_key]]
-    train_x, train_y = _read_batches([os.path.join(base, f) for f in layout.train_files], layout.label_key)
-    test_x, test_y = _read_batches([os.path.join(base, layout.test_file)], layout.label_key)
+    meta = os.path.join(base, layout.meta_file)
+    names = _unpickle(layout, meta, (layout.names_key,))[layout.names_key]
+    if not isinstance(names, list | tuple) or not names:
+        raise dataset_file_error(layout.name, meta, f"a list of class names in '{layout.names_key}'",
+                                 f"'{layout.names_key}' is {names!r:.80}", layout.url)
+    classes = [str(c) for c in names]
+    train_x, train_y = _read_batches(layout, [os.path.join(base, f) for f in layout.train_files], len(classes))
+    test_x, test_y = _read_batches(layout, [os.path.join(base, layout.test_file)], len(classes))
     return SourcePair(
         ArraySource(train_x, train_y, classes, CIFAR_TRANSFORM_KIND),
         ArraySource(test_x, test_y, classes, CIFAR_TRANSFORM_KIND),

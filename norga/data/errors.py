@@ -1,4 +1,4 @@
-"""The error a loader raises when its files are not where it expects them."""
+"""The errors a loader raises when its files are not where it expects them, or not what it expects."""
 
 from __future__ import annotations
 
@@ -43,6 +43,43 @@ def dataset_not_found(
         lines.append("There is no automatic download for it: fetch it by hand and unpack it as shown.")
     lines.append(ROOT_HINT)
     return DatasetNotFoundError("\n".join(lines))
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is there but does not hold what its loader expects; the message names the file, what
+    was expected and what was found."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)  # the message alone in args: the error survives pickling (data workers)
+        self.path = os.fspath(path) if path is not None else None
+
+
+def _describe(problem: str | BaseException, path: str) -> str:
+    if isinstance(problem, str):
+        return problem
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "the file is empty (0 bytes)"
+    first = next((line.strip() for line in str(problem).splitlines() if line.strip()), "")
+    return f"{type(problem).__name__}: {first[:200]}" if first else type(problem).__name__
+
+
+def dataset_file_error(
+    name: str, path: str | os.PathLike, expected: str, problem: str | BaseException, source: str = ""
+) -> DatasetFileError:
+    """Build (not raise) the error for a dataset file that cannot be read as ``expected``.
+
+    ``problem`` says what is wrong (an exception: its type and first line); ``source`` is where an intact
+    copy comes from.
+    """
+    path = os.fspath(path)
+    origin = f": {source}" if source else ""
+    return DatasetFileError(
+        f"{name}: cannot read {path}: {_describe(problem, path)}.\n"
+        f"  Expected {expected}.\n"
+        f"  The file is damaged or not the dataset's own; replace it with the one from the original "
+        f"archive{origin}",
+        path,
+    )
 
 
 def combine(errors: Sequence[DatasetNotFoundError]) -> DatasetNotFoundError:

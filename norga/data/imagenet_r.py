@@ -2,13 +2,16 @@
 
 The reference splits the folder at random with the global RNG and moves the files on disk. Here the
 split is a pure function of the sorted file list (fixed seed, stratified by class), written to a JSON
-file in ``cache_dir`` keyed by a hash of that list, and nothing inside ``root`` is touched.
+file in ``cache_dir`` keyed by a hash of that list, and nothing inside ``root`` is touched. A folder the
+reference code has already split (``imagenet-r/{train,test}/<wnid>/``) is read with that split; the log says
+which split a run uses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -18,6 +21,8 @@ import numpy as np
 
 from .errors import dataset_not_found
 from .source import FileSource, SourcePair
+
+log = logging.getLogger(__name__)
 
 FOLDER = "imagenet-r"
 SPLIT_SEED = 1993  # a constant, not the run seed: every machine and every run gets the same split
@@ -98,10 +103,15 @@ def cached_split(
         try:
             with open(cache_path) as f:
                 cached = json.load(f)
-            return {"train": list(cached["train"]), "test": list(cached["test"])}
+            split = {"train": list(cached["train"]), "test": list(cached["test"])}
+            log.info("ImageNet-R: norga's split (%d train, %d test; stratified, seed %d), read from %s",
+                     len(split["train"]), len(split["test"]), SPLIT_SEED, cache_path)
+            return split
         except (OSError, ValueError, KeyError, TypeError) as err:
             warnings.warn(f"ignoring unreadable split cache {cache_path}: {err}", stacklevel=2)
     split = stratified_split(classes, files, train_fraction)
+    log.info("ImageNet-R: norga's split (%d train, %d test; stratified, seed %d), saved to %s",
+             len(split["train"]), len(split["test"]), SPLIT_SEED, cache_path)
     record = {"version": SPLIT_VERSION, "seed": SPLIT_SEED, "train_fraction": train_fraction, **split}
     try:
         _write_json_atomic(cache_path, record)
@@ -114,6 +124,15 @@ def _premade_split(base: str) -> tuple[list[str], dict[str, list[str]]] | None:
     """A ``train/`` + ``test/`` layout, as left by the reference code after it moved the files."""
     if not all(os.path.isdir(os.path.join(base, s)) for s in ("train", "test")):
         return None
+    # The reference code moves the images class by class, then deletes the class folders: class folders
+    # with images beside train/ and test/ mean it stopped half-way, and either split would miss images.
+    classes, files = list_files(base)
+    left = [c for c in classes if c not in ("train", "test") and files[c]]
+    if left:
+        raise ValueError(
+            f"{base} holds train/ and test/ (the reference code's split) and also {len(left)} class folders "
+            f"with images (e.g. {left[0]}): the reference code was interrupted while moving the files. "
+            "Unpack imagenet-r.tar again in its place (norga splits it without moving anything).")
     class_sets = [set(list_files(os.path.join(base, s))[0]) for s in ("train", "test")]
     classes = sorted(class_sets[0] | class_sets[1])
     split: dict[str, list[str]] = {}
@@ -140,7 +159,8 @@ def load_imagenet_r(
     train_fraction: float = 0.8,
     expected_classes: int | None = None,
 ) -> SourcePair:
-    """ImageNet-R from ``<root>/imagenet-r/<wnid>/*``: class ids follow the sorted folder names.
+    """ImageNet-R from ``<root>/imagenet-r/<wnid>/*`` (or ``imagenet-r/{train,test}/<wnid>/*``, the reference
+    code's split, used as it is): class ids follow the sorted folder names.
 
     The split is cached in ``cache_dir`` (default ``$NORGA_CACHE_DIR`` or ``.cache/norga``), which must
     lie outside ``root``. ``expected_classes`` (e.g. 200) guards against a partly unpacked folder.
@@ -152,13 +172,12 @@ def load_imagenet_r(
     _check_outside(cache_dir, root)
     premade = _premade_split(base)
     if premade is not None:
-        warnings.warn(
-            f"{base} holds train/ and test/ folders (the layout the reference code leaves after moving the "
-            "files): using that split as it is, not norga's deterministic one. Unpack imagenet-r.tar again "
-            "for the standard split.",
-            stacklevel=2,
-        )
         classes, split = premade
+        # A warning: results on the reference code's random split are not comparable with norga's split.
+        log.warning(
+            "ImageNet-R: using the split found in %s/train and %s/test (%d train, %d test images; the layout "
+            "the reference code leaves after moving the files), not norga's deterministic one. Unpack "
+            "imagenet-r.tar again for norga's split.", base, base, len(split["train"]), len(split["test"]))
     else:
         classes, files = list_files(base)
         split = cached_split(classes, files, cache_dir, train_fraction)

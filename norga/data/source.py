@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .errors import DatasetFileError
+
 
 class ImageSource(ABC):
     """One split of one dataset.
@@ -95,8 +97,16 @@ class FileSource(ImageSource):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
 
     def image(self, i: int) -> Image.Image:
-        with Image.open(self.paths[i]) as img:
-            return img.convert("RGB")
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unknown, truncated or bad files
+            raise DatasetFileError(
+                f"cannot read image {path}: {type(err).__name__}: {err}.\n  Expected an image file PIL can decode; "
+                f"the file is damaged or not an image: replace it with the one from the dataset's original archive.",
+                path,
+            ) from err
 
 
 class ConcatSource(ImageSource):

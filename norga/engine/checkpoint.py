@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,22 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by :func:`save_atomic`; a damaged file raises CorruptCheckpointError."""
+    """Load a checkpoint written by :func:`save_atomic`; a damaged file raises CorruptCheckpointError.
+
+    Read with ``weights_only=True``: the run's checkpoints hold only tensors, containers, numbers and strings,
+    so a file that needs any other pickled object was not written by a run and is refused unread (unpickling
+    it could run code stored in it).
+    """
     path = Path(path)
+    fix = "Delete it to resume from the previous checkpoint, or start over with resume=false in a new output directory"
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CorruptCheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). Delete it to resume from the "
-            "previous checkpoint, or start over with resume=false in a new output directory") from e
+        # a weights_only refusal names the first global the file needs
+        text = str(e) if isinstance(e, pickle.UnpicklingError) else ""
+        refused = re.findall(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
+            raise CorruptCheckpointError(
+                f"checkpoint {path} holds pickled objects a run never writes ({', '.join(refused)}); it is not "
+                f"loaded, since unpickling them could run code stored in the file. {fix}") from None
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). {fix}") from e

@@ -12,6 +12,10 @@ A checkpoint file is described declaratively by its *format* (the node's ``forma
 
 The reference code kept only checkpoint keys that happened to match the model, so a renamed checkpoint
 silently trained on random weights (ALGORITHM.md, "Backbones"); here a mismatch stops the run.
+
+Files are read with ``torch.load(weights_only=True)``: a file that needs other pickled objects is refused
+(:class:`UntrustedCheckpointError`) unless the node sets ``trust_checkpoint: true``; a damaged one raises
+:class:`CheckpointReadError` naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import logging
 import pickle
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +55,14 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not provide exactly the backbone's tensors (file, keys and shapes in the message)."""
 
 
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file is there but cannot be read as a checkpoint (file, reason and fix in the message)."""
+
+
+class UntrustedCheckpointError(CheckpointReadError):
+    """A checkpoint needs arbitrary pickled objects; read only with ``backbone.trust_checkpoint=true``."""
+
+
 @dataclass
 class LoadReport:
     """What a load did: ``dropped`` counts the keys each drop rule removed."""
@@ -75,31 +88,79 @@ class LoadReport:
         return text
 
 
-def read_checkpoint(path: str | Path) -> Any:
+_TORCH_FILE = "a torch.save file (zip archive or legacy pickle) holding the weights"
+_TRUST_KEY = "backbone.trust_checkpoint=true"
+
+
+def _reason(err: BaseException, path: Path) -> str:
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
+
+
+def _unreadable(path: Path, expected: str, err: BaseException, source: str) -> CheckpointReadError:
+    where = f"download it again from {source}" if source else "download it again"
+    return CheckpointReadError(
+        f"checkpoint {path} cannot be read ({_reason(err, path)}).\n"
+        f"  expected {expected}; the file is truncated, damaged or something else (a saved HTML error page, "
+        f"say).\n  {where}, or point backbone.checkpoint at the right file.")
+
+
+def _pickled_objects(err: pickle.UnpicklingError, path: Path) -> list[str]:
+    """The globals a ``weights_only`` load refused, or [] if it failed for another reason (a damaged file)."""
+    refused = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if not refused:
+        return []
+    try:  # the complete list, where torch can tell without unpickling (zip archives)
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        return [g for g in found if g != "argparse.Namespace"] or refused
+    except Exception:  # legacy pickles and older torch: the first refused global is all there is
+        return refused
+
+
+def read_checkpoint(path: str | Path, trust: bool = False, source: str = "") -> Any:
     """The object stored in a ``.safetensors`` or ``torch.save`` file, on the CPU.
 
-    ``torch.load`` runs with ``weights_only=True``; ``argparse.Namespace`` is allowed because iBOT's full
-    checkpoint stores its ``args`` that way. Only a pickle that still needs arbitrary classes is re-read with
-    ``weights_only=False``, with a warning: that executes code from the file, so it must come from a trusted
-    source.
+    ``torch.load`` runs with ``weights_only=True`` (tensors, plain containers, numbers, strings; plus
+    ``argparse.Namespace``, which iBOT's full checkpoint stores its ``args`` as). A file that needs any other
+    pickled object raises :class:`UntrustedCheckpointError`: unpickling it could run code stored in the file.
+    ``trust=True`` (``backbone.trust_checkpoint=true``) reads it with ``weights_only=False`` instead, never
+    silently. A damaged or foreign file raises :class:`CheckpointReadError` naming it; ``source`` (where the
+    file comes from) goes into that message.
     """
     path = Path(path)
+    if path.suffix == ".npz":
+        raise CheckpointMismatchError(
+            f"{path}: .npz (JAX) checkpoints are read by timm's own loader; use format TimmPretrained")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
-    if path.suffix == ".npz":
-        raise CheckpointMismatchError(
-            f"{path}: .npz (JAX) checkpoints are read by timm's own loader; use format TimmPretrained"
-        )
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error, or OSError/ValueError, on a bad header
+            raise _unreadable(path, "a .safetensors file", err, source) from err
+    if trust:
+        log.warning("%s: read with torch.load(weights_only=False) because %s; this runs any code stored in "
+                    "the file", path, _TRUST_KEY)
     try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[-1]
-        log.warning("%s is a legacy pickle (%s); reading it with weights_only=False -- trust its source",
-                    path, reason)
-    return torch.load(path, map_location="cpu", weights_only=False)
+        objects = [] if trust else _pickled_objects(err, path)
+        if objects:
+            raise UntrustedCheckpointError(
+                f"checkpoint {path} holds pickled Python objects besides tensors and plain containers "
+                f"({', '.join(objects)}); unpickling them can run code stored in the file, so backbone weights "
+                f"are read with torch.load(weights_only=True) only.\n"
+                f"  if the file comes from a source you trust, allow it with {_TRUST_KEY};\n"
+                f"  or save just its state dict (torch.save or .safetensors) and point backbone.checkpoint at "
+                f"that file.") from None
+        raise _unreadable(path, _TORCH_FILE, err, source) from err
+    except Exception as err:  # EOFError, IndexError, RuntimeError, ...: whatever torch trips on in a bad file
+        raise _unreadable(path, _TORCH_FILE, err, source) from err
 
 
 def _shape(t: Any) -> str:
@@ -223,11 +284,13 @@ class StateDictFormat:
         _require_file(checkpoint, name, source)
 
     def load_into(self, model: torch.nn.Module, checkpoint: str | None, name: str = "", source: str = "",
-                  arch: str = "") -> LoadReport:
-        """Load ``checkpoint`` into ``model`` (every tensor, exact shapes) and report what was dropped."""
+                  arch: str = "", trust: bool = False) -> LoadReport:
+        """Load ``checkpoint`` into ``model`` (every tensor, exact shapes) and report what was dropped.
+
+        ``trust``: read a file that needs arbitrary pickled objects (see :func:`read_checkpoint`)."""
         self.check_available(checkpoint, name, source)
         file = str(checkpoint)
-        state, ignored = self.select(read_checkpoint(file), file)
+        state, ignored = self.select(read_checkpoint(file, trust, source), file)
         mapped, origin, dropped, lacking = self.map_keys(state)
         expected = model.state_dict()
 
@@ -344,14 +407,20 @@ class TimmPretrained:
         raise self._hub_error(name, arch, source, hub_id, f"no {' or '.join(filenames)} in {hub_id}")
 
     def load_into(self, model: torch.nn.Module, checkpoint: str | None, name: str = "", source: str = "",
-                  arch: str = "") -> LoadReport:
-        """Load via ``timm.models.load_pretrained``; check the result as strictly as StateDictFormat."""
+                  arch: str = "", trust: bool = False) -> LoadReport:
+        """Load via ``timm.models.load_pretrained``; check the result as strictly as StateDictFormat.
+
+        A local ``.pth``/``.safetensors`` is read by :func:`read_checkpoint` (``trust`` as there) and handed to
+        timm as a state dict; a local ``.npz`` goes to timm's JAX loader."""
         self.check_available(checkpoint, name, source, arch)
         overlay: dict[str, Any] = {}
-        if checkpoint is not None:
-            # custom_load routes a JAX .npz to timm's _load_weights; other files go through timm's
-            # load_state_dict + checkpoint_filter_fn
-            overlay = {"file": str(checkpoint), "custom_load": Path(checkpoint).suffix == ".npz"}
+        if checkpoint is not None and Path(checkpoint).suffix == ".npz":
+            if not zipfile.is_zipfile(checkpoint):  # empty, truncated or not an archive at all
+                raise _unreadable(Path(checkpoint), "a NumPy .npz archive (Google's JAX ViT layout)",
+                                  zipfile.BadZipFile("not a zip archive"), source)
+            overlay = {"file": str(checkpoint), "custom_load": True}  # timm's _load_weights
+        elif checkpoint is not None:
+            overlay = {"state_dict": _timm_state_dict(read_checkpoint(checkpoint, trust, source), checkpoint)}
         pretrained_cfg = {**model.pretrained_cfg, **overlay}
         repo, _ = self._hub_files(arch)
         where = str(checkpoint) if checkpoint is not None else f"hf-hub:{repo or arch}"
@@ -400,6 +469,18 @@ class TimmPretrained:
         return LoadReport(where, len(model.state_dict()) - len(missing), dict(dropped))
 
 
+def _timm_state_dict(checkpoint: Any, file: str) -> dict[str, Any]:
+    """What timm's own file loader takes from a checkpoint: the EMA weights, else ``state_dict``, else
+    ``model``, else the whole mapping; DDP and torch.compile prefixes removed."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointMismatchError(f"{file}: expected a dict of tensors, found {type(checkpoint).__name__}")
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    return timm.models.clean_state_dict(dict(checkpoint))
+
+
 def _resolve_format(cfg: DictConfig) -> StateDictFormat | TimmPretrained:
     fmt = cfg.get("format")
     if fmt is None:
@@ -433,7 +514,9 @@ def build_backbone(cfg: DictConfig | Mapping[str, Any], **timm_kwargs: Any) -> V
 
     ``timm_kwargs`` go to ``timm.create_model`` after ``cfg.model_kwargs`` (the framework passes
     ``block_fn`` and ``num_classes=0``). With ``cfg.pretrained`` false no file is read (random weights).
-    Raises :class:`CheckpointNotFoundError` or :class:`CheckpointMismatchError`.
+    ``cfg.trust_checkpoint`` allows a file that needs arbitrary pickled objects (see :func:`read_checkpoint`).
+    Raises :class:`CheckpointNotFoundError`, :class:`CheckpointReadError` (:class:`UntrustedCheckpointError`)
+    or :class:`CheckpointMismatchError`.
     """
     cfg = _as_config(cfg)
     model_kwargs = cfg.get("model_kwargs")
@@ -451,6 +534,7 @@ def build_backbone(cfg: DictConfig | Mapping[str, Any], **timm_kwargs: Any) -> V
     checkpoint, source = _checkpoint_path(cfg), cfg.get("source", "")
     fmt.check_available(checkpoint, cfg.name, source, cfg.arch)  # before building: fail fast
     model = timm.create_model(cfg.arch, pretrained=False, **kwargs)
-    report = fmt.load_into(model, checkpoint, cfg.name, source, cfg.arch)
+    trust = bool(cfg.get("trust_checkpoint", False))
+    report = fmt.load_into(model, checkpoint, cfg.name, source, cfg.arch, trust=trust)
     log.info("backbone %s (%s): %s", cfg.name, cfg.arch, report.summary())
     return model
