@@ -201,6 +201,14 @@ def test_duplicate_seed_is_warned(tmp_path, capsys):
     assert "seed 42 appears 2 times" in capsys.readouterr().err
 
 
+def test_published_table1_needs_the_published_gate():
+    # Table 1 names no gate for NoRGa (any gate matches); every other method is published without one
+    assert paper_results.main_table("cifar100", "sup21k", "norga", "FA", "gelu").mean == 94.48
+    assert paper_results.main_table("cifar100", "sup21k", "l2p", "FA").mean == 83.06
+    assert paper_results.main_table("cifar100", "sup21k", "l2p", "FA", "tanh") is None
+    assert paper_results.main_table("cifar100", "sup21k", "simplecil", "FA") is None
+
+
 @pytest.mark.skipif(not PAPER_MD.is_file(), reason=f"{PAPER_MD} not present")
 def test_packaged_numbers_match_paper_results_md():
     """Every packaged number appears in PAPER_RESULTS.md, in the row and column it claims."""
