@@ -1,12 +1,16 @@
 """Tables (and plots) over many runs' ``metrics.json``.
 
-    python -m norga.report outputs/ [more dirs...] [--paper] [--plot OUTDIR] [--csv FILE] [--format md|csv]
+    python -m norga.report outputs/ [more dirs...] [--paper] [--strict] [--plot OUTDIR] [--csv FILE]
+                           [--format md|csv]
 
-A run directory is any directory below the given ones that holds ``metrics.json`` or a Hydra
-``.hydra/config.yaml``. Finished runs are grouped by (dataset, backbone, method, gate, number of tasks,
-other task overrides) and each group becomes one row of mean ± std over its seeds. Everything else
-(``finished: false``, no or unreadable ``metrics.json``) is listed under "Unfinished runs", never averaged
-and never dropped silently.
+A run directory is any directory below the given ones that holds ``metrics.json`` or a Hydra ``.hydra/``
+folder. Finished runs are grouped by (dataset, backbone, method, gate, number of tasks, other task
+overrides, bound) and each group becomes one row of mean ± std over its seeds; rows follow the paper's
+method order (L2P, DualPrompt, S-Prompt, CODA-Prompt, HiDe-Prompt, NoRGa, then SimpleCIL, RanPAC), joint
+upper bounds (``"bound": "joint"``) last, each continual row showing its gap to a joint row. A seed
+finished twice in one group counts once (the newest run; ``--strict`` makes it an error). Nothing else is
+averaged or dropped silently: runs that stopped on an error are listed under "Failed runs", the rest
+(killed, still running, unreadable) under "Unfinished runs".
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from norga.metrics import average_accuracy_curve, summarize
 NA = "n/a"
 NO_GATE = "-"
 
+# Rows follow the paper's Table 1, then the methods it does not report; unknown methods come after these.
+METHOD_ORDER: tuple[str, ...] = (*paper_results.METHODS, "simplecil", "ranpac")
+
 # (column label, metrics.json key); std over seeds is numpy's default ddof=0, see STD_NOTE.
 METRICS: tuple[tuple[str, str], ...] = (
     ("FA", "final_avg_acc"),
@@ -51,7 +58,7 @@ STD_NOTE = (
 # Task overrides (from .hydra/overrides.yaml) that do not make a run a different experiment: the row's own
 # keys and bookkeeping. Anything else (optimizer.lr=..., debug=..., method.prompt_length=...) starts a
 # separate group so that different settings are never averaged together.
-_ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep"})
+_ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep", "bound"})
 _BOOKKEEPING_ROOTS = frozenset({"logger", "paths", "hydra", "wandb"})
 
 
@@ -59,26 +66,41 @@ def _result_free(key: str) -> bool:
     return any(key == free or key.startswith(free + ".") for free in RESULT_FREE_KEYS)
 
 
-@dataclass(frozen=True, order=True)
+def _method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+@dataclass(frozen=True)
 class GroupKey:
     """What a table row stands for."""
 
     dataset: str
     backbone: str
     method: str
-    gate: str  # NO_GATE for plain prefix tuning (HiDe-Prompt)
+    gate: str  # NO_GATE for methods without a gate (all but NoRGa)
     num_tasks: int
     variant: str = ""  # sorted extra task overrides, "" when none
+    bound: str = ""  # "" for a continual run, "joint" for the all-classes-at-once upper bound
+
+    @property
+    def method_label(self) -> str:
+        return f"{self.method} ({self.bound})" if self.bound else self.method
 
     @property
     def label(self) -> str:
-        text = f"{self.dataset}/{self.backbone}/{self.method}/{self.gate} T={self.num_tasks}"
+        text = f"{self.dataset}/{self.backbone}/{self.method_label}/{self.gate} T={self.num_tasks}"
         return f"{text} [{self.variant}]" if self.variant else text
+
+    def sort_key(self) -> tuple:
+        """The paper's order: bounds after continual rows, then by method, then dataset and backbone."""
+        return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.dataset,
+                self.backbone, self.gate, self.num_tasks, self.variant)
 
     @property
     def file_stem(self) -> str:
         gate = "nogate" if self.gate == NO_GATE else self.gate
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{self.dataset}_{self.backbone}_{self.method}_{gate}")
+        parts = [self.dataset, self.backbone, self.method, gate, *([self.bound] if self.bound else [])]
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))
         stem = f"{stem}_T{self.num_tasks}"
         if self.variant:  # overrides can be long or hold '/', a hash keeps the name short and unique
             stem += "_v" + hashlib.sha1(self.variant.encode()).hexdigest()[:8]
@@ -94,12 +116,11 @@ class Run:
     seed: int | None
     values: dict[str, float | None]  # metrics.json key -> value
     acc_matrix: list[list[float]]
+    mtime: float = 0.0  # of metrics.json: which of two runs of one seed is newer
 
 
 @dataclass(frozen=True)
-class Unfinished:
-    """A run directory that is not (or not yet) a usable result."""
-
+class _NotAResult:
     path: Path
     label: str
     done: int | None
@@ -112,6 +133,19 @@ class Unfinished:
         total = "?" if self.total is None else str(self.total)
         return f"{done}/{total} tasks"
 
+    def line(self, markdown: bool = False) -> str:
+        return f"{_path(self.path, markdown)} ({self.label}, {self.progress}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Unfinished(_NotAResult):
+    """A run that is not (or not yet) a usable result: still running, killed, or unreadable."""
+
+
+@dataclass(frozen=True)
+class Failed(_NotAResult):
+    """A run that stopped on an error; ``reason`` is the error's first line."""
+
 
 @dataclass
 class Group:
@@ -122,12 +156,45 @@ class Group:
     def seeds(self) -> list[str]:
         return sorted((str(r.seed) if r.seed is not None else "?" for r in self.runs), key=_seed_order)
 
+    def reported(self, metric_key: str) -> list[float]:
+        """The values of ``metric_key`` over the runs that report it (a null is missing, never a 0)."""
+        return [v for r in self.runs if (v := r.values.get(metric_key)) is not None]
+
     def stat(self, metric_key: str) -> tuple[float, float] | None:
         """(mean, std with ddof=0) over the runs that report ``metric_key``; None if none does."""
-        values = [r.values[metric_key] for r in self.runs if r.values.get(metric_key) is not None]
+        values = self.reported(metric_key)
         if not values:
             return None
         return float(np.mean(values)), float(np.std(values))
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """One seed finished more than once in a group: only ``used`` (the newest) counts."""
+
+    key: GroupKey
+    seed: int
+    used: Run
+    ignored: tuple[Run, ...]
+
+    def line(self, markdown: bool = False) -> str:
+        ignored = ", ".join(_path(r.path, markdown) for r in self.ignored)
+        return f"{self.key.label} seed {self.seed}: used {_path(self.used.path, markdown)}; ignored {ignored}"
+
+
+@dataclass
+class Report:
+    """Everything found under the searched directories, sorted for printing."""
+
+    groups: list[Group]
+    duplicates: list[Duplicate]
+    failed: list[Failed]
+    unfinished: list[Unfinished]
+
+
+def _path(path: Path, markdown: bool) -> str:
+    # code spans keep Markdown from reading the '_' and '*' of run folders as emphasis
+    return f"`{path}`" if markdown else str(path)
 
 
 def _seed_order(seed: str) -> tuple[int, str]:
@@ -138,7 +205,8 @@ def _seed_order(seed: str) -> tuple[int, str]:
 
 
 def _is_run_dir(path: Path, filenames: Iterable[str]) -> bool:
-    return "metrics.json" in filenames or (path / ".hydra" / "config.yaml").is_file()
+    # Hydra makes .hydra/ when a job starts: a run that died before writing anything else still shows up
+    return "metrics.json" in filenames or (path / ".hydra").is_dir()
 
 
 def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
@@ -219,22 +287,60 @@ def _number(value: Any) -> float | None:
 
 
 def _gate(value: Any) -> str:
-    return NO_GATE if value is None or str(value).lower() in ("", "none", "null") else str(value)
+    return NO_GATE if _is_null(value) else str(value)
+
+
+def _bound(value: Any) -> str:
+    return "" if _is_null(value) else str(value)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or str(value).lower() in ("", "none", "null")
 
 
 def _row_label(info: dict[str, Any]) -> str:
     parts = [str(info.get(k) or "?") for k in ("dataset", "backbone", "method")]
+    if _bound(info.get("bound")):
+        parts[-1] += f" ({_bound(info['bound'])})"
     gate = _gate(info.get("gate")) if "gate" in info else "?"
     seed = info.get("seed")
     return "/".join([*parts, gate]) + f" seed={'?' if seed is None else seed}"
 
 
-def load_run(run_dir: Path) -> Run | Unfinished:
-    """Read one run directory; anything that is not a complete, readable result becomes ``Unfinished``."""
+def _first_line(text: Any) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0].strip() if lines else "(empty error message)"
+
+
+# Hydra's job log: "[time][logger][ERROR] - message"
+_LOG_ERROR = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(?:ERROR|CRITICAL)\] - (.*)$")
+
+
+def log_error(log_file: Path) -> str | None:
+    """The first error recorded in a run's log (Hydra's format, or a traceback's exception line)."""
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for n, line in enumerate(lines):
+        if match := _LOG_ERROR.match(line):
+            return _first_line(match[1])
+        if line.startswith("Traceback (most recent call last)"):
+            # the exception is the first line after the indented frames
+            return next((rest for rest in lines[n + 1:] if rest and not rest[0].isspace()), line)
+    return None
+
+
+def load_run(run_dir: Path) -> Run | Failed | Unfinished:
+    """Read one run directory: a finished result, a run that failed with an error, or anything else
+    (running, killed, unreadable) as ``Unfinished``."""
     info = _hydra_info(run_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
-        reason = "no metrics.json (no task finished yet, or it crashed before)"
+        error = log_error(run_dir / "run.log")
+        if error is not None:
+            return Failed(run_dir, _row_label(info), 0, info.get("num_tasks"), error)
+        reason = "no metrics.json (not started properly, or still in or killed in its first task)"
         return Unfinished(run_dir, _row_label(info), 0, info.get("num_tasks"), reason)
     try:
         data = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -248,14 +354,17 @@ def load_run(run_dir: Path) -> Run | Unfinished:
     for name in ("dataset", "backbone", "method", "seed", "num_tasks"):
         if data.get(name) is not None:
             info[name] = data[name]
-    if "gate" in data:
-        info["gate"] = data["gate"]
+    for name in ("gate", "bound"):  # null is meaningful here: no gate, a continual run
+        if name in data:
+            info[name] = data[name]
     acc = data.get("acc_matrix")
     acc = acc if isinstance(acc, list) else []
     total = info.get("num_tasks") if isinstance(info.get("num_tasks"), int) else None
     label = _row_label(info)
 
     if data.get("finished") is not True:
+        if data.get("error") is not None:
+            return Failed(run_dir, label, len(acc), total, _first_line(data["error"]))
         return Unfinished(run_dir, label, len(acc), total, "not finished")
     if total is None or not all(isinstance(info.get(k), str) for k in ("dataset", "backbone", "method")):
         reason = "finished, but dataset/backbone/method/num_tasks missing"
@@ -274,31 +383,61 @@ def load_run(run_dir: Path) -> Run | Unfinished:
         if values[key] is None:
             values[key] = value
     key = GroupKey(info["dataset"], info["backbone"], info["method"], _gate(info.get("gate")), total,
-                   info.get("variant", ""))
+                   info.get("variant", ""), _bound(info.get("bound")))
     seed = info.get("seed") if isinstance(info.get("seed"), int) else None
-    return Run(run_dir, key, seed, values, [[float(x) for x in row] for row in acc])
+    matrix = [[float(x) for x in row] for row in acc]
+    return Run(run_dir, key, seed, values, matrix, metrics_file.stat().st_mtime)
+
+
+def drop_duplicate_seeds(runs: Iterable[Run]) -> tuple[list[Run], list[Duplicate]]:
+    """Keep the newest run (metrics.json mtime, then path) of each (group, seed); report the others.
+
+    A re-run into a new folder must not be averaged with the run it replaces. Runs without a seed cannot
+    be matched and are all kept.
+    """
+    kept: list[Run] = []
+    by_seed: dict[tuple[GroupKey, int], list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.seed is None:
+            kept.append(run)
+        else:
+            by_seed[run.key, run.seed].append(run)
+    duplicates = []
+    for (key, seed), same in by_seed.items():
+        newest, *older = sorted(same, key=lambda r: (r.mtime, str(r.path)), reverse=True)
+        kept.append(newest)
+        if older:
+            duplicates.append(Duplicate(key, seed, newest, tuple(older)))
+    duplicates.sort(key=lambda d: (d.key.sort_key(), d.seed))
+    return sorted(kept, key=lambda r: r.path), duplicates
 
 
 def group_runs(runs: Iterable[Run]) -> list[Group]:
-    """Runs grouped by their ``GroupKey``, sorted."""
+    """Runs grouped by their ``GroupKey``, in the paper's order (``GroupKey.sort_key``)."""
     groups: dict[GroupKey, Group] = {}
     for run in runs:
         groups.setdefault(run.key, Group(run.key)).runs.append(run)
-    return [groups[k] for k in sorted(groups)]
+    return [groups[k] for k in sorted(groups, key=GroupKey.sort_key)]
 
 
-def duplicate_seed_warnings(groups: Iterable[Group]) -> list[str]:
-    """One line per seed that appears more than once in a group (both runs are averaged in)."""
-    lines = []
-    for group in groups:
-        by_seed: dict[int | None, list[Path]] = defaultdict(list)
-        for run in group.runs:
-            by_seed[run.seed].append(run.path)
-        for seed, paths in by_seed.items():
-            if seed is not None and len(paths) > 1:
-                lines.append(f"{group.key.label}: seed {seed} appears {len(paths)} times: "
-                             + ", ".join(map(str, paths)))
-    return lines
+def build_report(run_dirs: Iterable[Path]) -> Report:
+    """Load, deduplicate and group the runs in ``run_dirs``."""
+    loaded = [load_run(d) for d in run_dirs]
+    runs, duplicates = drop_duplicate_seeds(r for r in loaded if isinstance(r, Run))
+    return Report(group_runs(runs), duplicates, [r for r in loaded if isinstance(r, Failed)],
+                  [r for r in loaded if isinstance(r, Unfinished)])
+
+
+def joint_reference(key: GroupKey, groups: Iterable[Group]) -> Group | None:
+    """The joint-bound row a continual row is compared with: same dataset and backbone, preferring the
+    same method, then the same gate, then the same overrides; None for a bound row or when there is none."""
+    if key.bound:
+        return None
+    candidates = [g for g in groups if g.key.bound == "joint"
+                  and (g.key.dataset, g.key.backbone) == (key.dataset, key.backbone)]
+    # max keeps the first of equals, and groups come sorted: the choice is deterministic
+    return max(candidates, default=None, key=lambda g: (g.key.method == key.method, g.key.gate == key.gate,
+                                                         g.key.variant == key.variant))
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -312,11 +451,11 @@ def _mean_std(stat: tuple[float, float] | None) -> str:
     return NA if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
 
 
-def _diff(stat: tuple[float, float] | None, published: paper_results.Published | None) -> float | None:
-    """Reproduced mean - published mean, from the mean as displayed so the table adds up."""
-    if stat is None or published is None:
+def _diff(stat: tuple[float, float] | None, other: float | None) -> float | None:
+    """Mean - ``other``, from the mean as displayed (2 decimals) so the table adds up."""
+    if stat is None or other is None:
         return None
-    return round(round(stat[0], 2) - published.mean, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return round(round(stat[0], 2) - round(other, 2), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def _fmt_diff(value: float | None) -> str:
@@ -324,43 +463,88 @@ def _fmt_diff(value: float | None) -> str:
 
 
 def _published(key: GroupKey) -> dict[str, paper_results.Published | None]:
-    """Published numbers matching a row; all None for splits other than the paper's."""
-    if key.num_tasks != paper_results.PAPER_NUM_TASKS:
+    """Published numbers matching a row; all None for bounds and for splits other than the paper's."""
+    if key.bound or key.num_tasks != paper_results.PAPER_NUM_TASKS:
         return {"FA": None, "CA": None, "FFM": None, "gate FA": None}
-    found: dict[str, paper_results.Published | None] = {
-        m: paper_results.main_table(key.dataset, key.backbone, key.method, m) for m in PAPER_METRICS
-    }
     gate = None if key.gate == NO_GATE else key.gate
+    found: dict[str, paper_results.Published | None] = {
+        m: paper_results.main_table(key.dataset, key.backbone, key.method, m, gate) for m in PAPER_METRICS
+    }
     found["gate FA"] = paper_results.gate_ablation(key.dataset, key.backbone, key.method, gate)
     return found
+
+
+def _published_mean(published: paper_results.Published | None) -> float | None:
+    return None if published is None else published.mean
+
+
+def _joint_name(ref: GroupKey) -> str:
+    name = ref.method if ref.gate == NO_GATE else f"{ref.method}/{ref.gate}"
+    return f"{name} [{ref.variant}]" if ref.variant else name
+
+
+def _joint_gap(group: Group, groups: Sequence[Group]) -> tuple[float | None, GroupKey | None]:
+    """FA - joint FA and the joint row it was taken from (None, None without one)."""
+    ref = joint_reference(group.key, groups)
+    if ref is None:
+        return None, None
+    joint_fa = ref.stat("final_avg_acc")
+    return _diff(group.stat("final_avg_acc"), None if joint_fa is None else joint_fa[0]), ref.key
+
+
+def _has_joint(groups: Sequence[Group]) -> bool:
+    return any(g.key.bound == "joint" for g in groups)
+
+
+def _metric_cell(group: Group, metric_key: str) -> str:
+    cell = _mean_std(group.stat(metric_key))
+    count = len(group.reported(metric_key))
+    if 0 < count < len(group.runs):  # a null is left out, never averaged: say over how many seeds
+        cell += f" ({count} of {len(group.runs)} seeds)"
+    return cell
+
+
+def _joint_cell(group: Group, groups: Sequence[Group]) -> str:
+    gap, ref = _joint_gap(group, groups)
+    if ref is None or gap is None:
+        return NA
+    same = (ref.method, ref.gate, ref.variant) == (group.key.method, group.key.gate, group.key.variant)
+    return _fmt_diff(gap) if same else f"{_fmt_diff(gap)} (vs {_joint_name(ref)} joint)"
 
 
 def markdown_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the Markdown results table."""
     show_variant = any(g.key.variant for g in groups)
+    show_joint = _has_joint(groups)
     header = ["dataset", "backbone", "method", "gate", "T", *(["overrides"] if show_variant else []),
-              "n", "seeds", *(label for label, _ in METRICS)]
+              "n", "seeds", *(label for label, _ in METRICS), *(["FA - joint FA"] if show_joint else [])]
     if paper:
         header += ["paper FA", "Δ FA", "paper CA", "Δ CA", "paper FFM", "Δ FFM", "paper gate FA", "Δ gate FA"]
     rows = []
     for g in groups:
         k = g.key
-        stats = {label: g.stat(key) for label, key in METRICS}
-        row = [k.dataset, k.backbone, k.method, k.gate, str(k.num_tasks),
+        row = [k.dataset, k.backbone, k.method_label, k.gate, str(k.num_tasks),
                *([k.variant or "-"] if show_variant else []),
-               str(len(g.runs)), ", ".join(g.seeds), *(_mean_std(stats[label]) for label, _ in METRICS)]
+               str(len(g.runs)), ", ".join(g.seeds), *(_metric_cell(g, key) for _, key in METRICS),
+               *([_joint_cell(g, groups)] if show_joint else [])]
         if paper:
+            stats = {label: g.stat(key) for label, key in METRICS}
             pub = _published(k)
             for label, stat_label in (("FA", "FA"), ("CA", "CA"), ("FFM", "FFM"), ("gate FA", "FA")):
                 published = pub[label]
                 row += [NA if published is None else str(published),
-                        _fmt_diff(_diff(stats[stat_label], published))]
+                        _fmt_diff(_diff(stats[stat_label], _published_mean(published)))]
         rows.append(row)
     return header, rows
 
 
 def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the CSV table: one number per column, 2 decimals, ``n/a`` when missing."""
+    """Header and cells of the CSV table: one number per column, 2 decimals, ``n/a`` when missing.
+
+    With joint-bound rows, three columns follow: ``bound`` (``joint`` or empty), ``joint_ref`` (the joint
+    row a continual row is compared with, ``method[/gate] [overrides]``) and ``joint_gap_fa``.
+    """
+    show_joint = _has_joint(groups)
     header = ["dataset", "backbone", "method", "gate", "num_tasks", "overrides", "n_seeds", "seeds"]
     for label, _ in METRICS:
         header += [f"{label.lower()}_mean", f"{label.lower()}_std"]
@@ -369,6 +553,8 @@ def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list
             low = label.lower()
             header += [f"paper_{low}_mean", f"paper_{low}_std", f"diff_{low}"]
         header += ["paper_gate_fa", "diff_gate_fa"]
+    if show_joint:
+        header += ["bound", "joint_ref", "joint_gap_fa"]
     rows = []
     for g in groups:
         k = g.key
@@ -382,9 +568,13 @@ def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list
             pub = _published(k)
             for label in PAPER_METRICS:
                 p = pub[label]
-                row += [_fmt(p.mean if p else None), _fmt(p.std if p else None), _fmt(_diff(stats[label], p))]
+                row += [_fmt(_published_mean(p)), _fmt(p.std if p else None),
+                        _fmt(_diff(stats[label], _published_mean(p)))]
             gate_fa = pub["gate FA"]
-            row += [_fmt(gate_fa.mean if gate_fa else None), _fmt(_diff(stats["FA"], gate_fa))]
+            row += [_fmt(_published_mean(gate_fa)), _fmt(_diff(stats["FA"], _published_mean(gate_fa)))]
+        if show_joint:
+            gap, ref = _joint_gap(g, groups)
+            row += [k.bound, "" if ref is None else _joint_name(ref), _fmt(gap)]
         rows.append(row)
     return header, rows
 
@@ -396,26 +586,37 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
 
 
-def caption(paper: bool) -> str:
+def caption(paper: bool, joint: bool = False) -> str:
     text = (f"Percent; FA = final average accuracy, CA = cumulative average accuracy, FFM = forgetting, "
-            f"TII = task-identity inference accuracy; {STD_NOTE}.")
+            f"TII = task-identity inference accuracy ({NA} for methods that do not infer the task); "
+            f"{STD_NOTE}.")
+    if joint:
+        text += (" (joint) = the non-continual upper bound, trained on all classes at once; FA - joint FA = "
+                 "this row's FA minus the joint FA of the same dataset and backbone, from the same method "
+                 "where there is one, else from the joint row named.")
     if paper:
-        text += (" paper = published mean ± std (NoRGa, NeurIPS 2024; "
-                 f"{paper_results.PAPER_NUM_TASKS} tasks, seeds 40/42/44), paper gate FA = the gate "
-                 f"ablation's FA; Δ = reproduced mean - published mean; {NA} = not published for this row "
-                 "or split.")
+        text += (" paper = published mean ± std (NoRGa, NeurIPS 2024, Table 1: L2P, DualPrompt, S-Prompt, "
+                 f"CODA-Prompt, HiDe-Prompt, NoRGa; {paper_results.PAPER_NUM_TASKS} tasks, seeds 40/42/44), "
+                 f"paper gate FA = the gate ablation's FA; Δ = reproduced mean - published mean; {NA} = not "
+                 "published for this row or split.")
     return text
 
 
-def render_markdown(groups: Sequence[Group], unfinished: Sequence[Unfinished], paper: bool) -> str:
-    parts = ["## Results", "", caption(paper), ""]
+def _bullets(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines) if lines else "None."
+
+
+def render_markdown(report: Report, paper: bool) -> str:
+    """The results table, then the duplicate seeds (if any), failed runs and unfinished runs."""
+    groups = report.groups
+    parts = ["## Results", "", caption(paper, _has_joint(groups)), ""]
     parts.append(_md_table(*markdown_rows(groups, paper)) if groups else "No finished runs.")
-    parts += ["", "## Unfinished runs", ""]
-    if unfinished:
-        rows = [[str(u.path), u.label, u.progress, u.reason] for u in unfinished]
-        parts.append(_md_table(["path", "row", "progress", "reason"], rows))
-    else:
-        parts.append("None.")
+    if report.duplicates:
+        parts += ["", "## Duplicate seeds", "",
+                  "A seed finished more than once in a row: only its newest run (metrics.json time) is used.",
+                  "", _bullets([d.line(markdown=True) for d in report.duplicates])]
+    parts += ["", "## Failed runs", "", _bullets([f.line(markdown=True) for f in report.failed])]
+    parts += ["", "## Unfinished runs", "", _bullets([u.line(markdown=True) for u in report.unfinished])]
     return "\n".join(parts) + "\n"
 
 
@@ -494,23 +695,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="norga-report",
         description=(
-            "Summarize runs: every directory below DIR with a metrics.json or a .hydra/config.yaml is a run. "
+            "Summarize runs: every directory below DIR with a metrics.json or a .hydra/ folder is a run. "
             "Finished runs are grouped by (dataset, backbone, method, gate, number of tasks, other task "
-            "overrides) and shown as mean ± std over seeds of FA, CA, FFM and TII. The std is numpy's "
-            "population std (ddof=0). Unfinished or unreadable runs are listed separately, not averaged."
+            "overrides, bound) and shown as mean ± std over seeds of FA, CA, FFM and TII, in the paper's "
+            "method order, joint upper bounds last. The std is numpy's population std (ddof=0). A seed "
+            "finished twice in one row counts once, the newest run. Failed and unfinished runs are listed "
+            "separately, never averaged."
         ),
-        epilog="Exit status: 0 when runs were reported, 2 when no run directory was found.",
+        epilog="Exit status: 0 when runs were reported, 1 on duplicate seeds with --strict, 2 when no run "
+        "directory was found.",
     )
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="directories searched recursively")
     parser.add_argument("--paper", action="store_true",
-                        help="add the published FA/CA/FFM and the gate ablation's FA, each with "
-                        "reproduced - published")
+                        help="add the published FA/CA/FFM (Table 1, all six methods) and the gate ablation's "
+                        "FA, each with reproduced - published")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 1) when a seed finished more than once in a row, instead of using "
+                        "the newest run")
     parser.add_argument("--plot", type=Path, metavar="OUTDIR",
                         help="write per-group accuracy-curve and accuracy-matrix PNGs to OUTDIR")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
     parser.add_argument("--format", choices=("md", "csv"), default="md",
                         help="what to print: Markdown (default) or CSV; with csv, notes go to stderr")
     return parser
+
+
+def _print_notes_csv(report: Report) -> None:
+    """With CSV on stdout, what Markdown shows below the table goes to stderr, one line each."""
+    for d in report.duplicates:
+        print(f"duplicate seed: {d.line()}", file=sys.stderr)
+    for f in report.failed:
+        print(f"failed: {f.line()}", file=sys.stderr)
+    for u in report.unfinished:
+        print(f"unfinished: {u.line()}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -521,31 +738,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not run_dirs:
         searched = ", ".join(map(str, args.dirs))
         print(f"norga-report: no runs found under {searched} "
-              "(looked for directories with metrics.json or .hydra/config.yaml)", file=sys.stderr)
+              "(looked for directories with metrics.json or .hydra/)", file=sys.stderr)
         return 2
 
-    loaded = [load_run(d) for d in run_dirs]
-    groups = group_runs(r for r in loaded if isinstance(r, Run))
-    unfinished = [r for r in loaded if isinstance(r, Unfinished)]
+    report = build_report(run_dirs)
+    if args.strict and report.duplicates:
+        print("norga-report: error: seeds finished more than once (--strict):", file=sys.stderr)
+        for d in report.duplicates:
+            runs = ", ".join(str(r.path) for r in (d.used, *d.ignored))
+            print(f"  {d.key.label} seed {d.seed}: {runs}", file=sys.stderr)
+        return 1
     # with CSV on stdout, everything that is not the table goes to stderr so the output stays parseable
     notes = sys.stderr if args.format == "csv" else sys.stdout
-    for warning in duplicate_seed_warnings(groups):
-        print(f"norga-report: warning: {warning}", file=sys.stderr)
-
     if args.format == "csv":
-        sys.stdout.write(render_csv(groups, args.paper))
-        for u in unfinished:
-            print(f"unfinished: {u.path} ({u.label}, {u.progress}): {u.reason}", file=sys.stderr)
+        sys.stdout.write(render_csv(report.groups, args.paper))
+        _print_notes_csv(report)
     else:
-        sys.stdout.write(render_markdown(groups, unfinished, args.paper))
+        sys.stdout.write(render_markdown(report, args.paper))
         if args.csv is not None or args.plot is not None:
             print()
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        args.csv.write_text(render_csv(groups, args.paper), encoding="utf-8")
+        args.csv.write_text(render_csv(report.groups, args.paper), encoding="utf-8")
         print(f"CSV written to {args.csv}", file=notes)
     if args.plot is not None:
-        for group in groups:
+        for group in report.groups:
             for path in plot_group(group, args.plot):
                 print(f"plot: {path}", file=notes)
     return 0
