@@ -28,7 +28,8 @@ from norga.config import asset_path, register
 from norga.engine.run import ContinualRun
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SHRUNK = ["logger=none", "progress=false", "train.epochs=1", "tii.epochs=1", "tap.epochs=2", "tii.tap.epochs=2"]
+SHRUNK = ["logger=none", "progress=false", "train.epochs=1", "method.tii.epochs=1", "method.tap.epochs=2",
+          "method.tii.tap.epochs=2"]
 
 
 def prompt_changes(evaluator) -> float:

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, choice
+
 
 @dataclass
 class PathsConfig:
@@ -48,25 +50,6 @@ class BackboneConfig:
 
 
 @dataclass
-class MethodConfig:
-    _target_: str = "norga.methods.norga.NoRGa"
-    name: str = "norga"
-    gate: str | None = "tanh"
-    prompt_length: int = 5
-    prompt_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    prompt_momentum: float = 0.0
-    reg: float = 0.1
-    contrastive_temperature: float = 0.8
-    # per_sample: correct prefix tuning. reference: the reference code's batch-mixing layout (ALGORITHM.md).
-    prefix_layout: str = "per_sample"
-    statistics: str = "covariance"
-    n_centroids: int = 10
-    # 5-Datasets presets: the whole evaluation batch uses its most frequent predicted task (leaks batch
-    # composition; faithful to the published 5-Datasets numbers).
-    batchwise_prompt: bool = False
-
-
-@dataclass
 class OptimizerConfig:
     lr: float = 0.03
     larger_prompt_lr: bool = False
@@ -74,12 +57,14 @@ class OptimizerConfig:
 
 
 @dataclass
-class SchedulerConfig:
-    # A name, not a _target_: presets switch schedules by value, and every schedule is a per-epoch factor.
-    name: str = "constant"
-    step_epochs: int = 30
-    gamma: float = 0.1
-    min_lr: float = 1e-5
+class SchedulerConfig(ScheduleConfig):
+    """The per-epoch lr schedule of the main training stage. A name, not a _target_: presets switch schedules
+    by value, and every schedule is a per-epoch factor."""
+
+    name: str = choice("constant", "constant", "step", "cosine")
+    # the reference's defect D3 (docs/algorithm.md#d3-step-schedule-that-only-reaches-task-0): the schedule
+    # runs in task 0 only, later tasks train at the base lr
+    first_task_only: bool = False
 
 
 @dataclass
@@ -90,6 +75,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | tf32 | bf16
     num_workers: int = 0
     max_batches: int | None = None  # per training epoch; for smoke tests
+    max_epochs: int | None = None  # caps the epochs of every stage of every method; for smoke tests
     max_stats_per_class: int | None = None  # images per class for class statistics; for smoke tests
     # prefix attention kernel: auto (per device) | explicit | sdpa_mask | lse_merge | augmented | flex;
     # every choice is checked against the explicit formula on the device before the run starts
@@ -97,35 +83,6 @@ class TrainConfig:
     # torch.compile of the ViT forward (training and evaluation). Off by default: on CPU it does not pay
     # (about 1.0x at ViT-B size, 30+ s to compile); it has not been measured on a GPU yet.
     compile: bool = False
-
-
-@dataclass
-class TAPConfig:
-    epochs: int = 30
-    lr: float = 0.005
-    samples_per_class_factor: int = 5
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-
-
-@dataclass
-class TIITAPConfig:
-    epochs: int = 30
-    lr: float = 0.005  # scaled by batch / 256
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-
-
-@dataclass
-class TIIConfig:
-    epochs: int = 20
-    lr: float = 0.0005
-    mlp_structure: list[int] = field(default_factory=lambda: [2])
-    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="step"))
-    tap: TIITAPConfig = field(default_factory=TIITAPConfig)
-    # Train the MLP on backbone features computed once per task (no augmentation). Off in the paper presets:
-    # their augmentation changes the features every epoch, so this changes results (and is far faster).
-    feature_cache: bool = False
 
 
 @dataclass
@@ -144,12 +101,11 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # each method's own schema (norga.methods.schemas), chosen by conf/method/<name>.yaml
+    method: Any = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    tap: TAPConfig = field(default_factory=TAPConfig)
-    tii: TIIConfig = field(default_factory=TIIConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: Any = field(default_factory=lambda: {"_target_": "norga.engine.logging.NullLogger"})
 
@@ -166,6 +122,9 @@ def asset_path(name: str) -> str:
 
 def register() -> None:
     """Register the schema and resolvers with Hydra/OmegaConf (idempotent)."""
-    ConfigStore.instance().store(name="config_schema", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=RunConfig)
+    for name, schema in METHOD_SCHEMAS.items():
+        store.store(group="schema/method", name=name, node=schema)
     if not OmegaConf.has_resolver("pkg_asset"):
         OmegaConf.register_new_resolver("pkg_asset", asset_path)

@@ -23,9 +23,10 @@ CONF = str(ROOT / "conf")
 
 # Overrides of the embedded default (the logger is chosen by the caller: ``logger=none`` unless it says).
 LEARN = ["progress=false", "device=cpu", "dataset.num_tasks=2", "dataset.source.train_fraction=0.25",
-         "train.batch_size=32", "train.epochs=2", "tii.epochs=2", "tii.lr=0.01", "tii.scheduler.name=constant",
-         "tap.epochs=3", "tii.tap.epochs=3", "tii.tap.lr=0.05", "tap.samples_per_class_factor=1",
-         "eval.max_samples_per_task=60", "method.prompt_length=2", "method.prompt_layers=[0,1]"]
+         "train.batch_size=32", "train.epochs=2", "eval.max_samples_per_task=60", "method.prompt_length=2",
+         "method.prompt_layers=[0,1]", "method.tii.epochs=2", "method.tii.lr=0.01",
+         "method.tii.scheduler.name=constant", "method.tii.tap.epochs=3", "method.tii.tap.lr=0.05",
+         "method.tap.epochs=3", "method.tap.samples_per_class_factor=1"]
 
 # A correct resumed or data-parallel run meets these (measured: bitwise for resume; about 1e-6 for 2 and 3
 # processes); the breakages they must catch (a dropped optimiser state, a contrastive term on the local shard)

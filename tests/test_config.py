@@ -15,7 +15,7 @@ from norga.config import register
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
-# ALGORITHM.md "Presets": dataset, backbone -> epochs, lr, sched, length, reg, momentum, ca_lr, crct, larger, gate
+# docs/algorithm.md#presets: dataset, backbone -> epochs, lr, sched, length, reg, momentum, ca_lr, crct, larger, gate
 WTP = """cifar100 sup21k 50 0.03 step 5 0.1 0.01 0.05 80 yes sigmoid
 cifar100 ibot21k 20 0.03 step 5 0.1 0.1 0.005 80 yes tanh
 cifar100 ibot 20 0.03 step 5 0.1 0.1 0.005 80 yes tanh
@@ -30,7 +30,8 @@ cub sup21k 50 0.03 step 20 0.01 0.01 0.05 80 no sigmoid
 cub ibot21k 50 0.03 step 20 0.01 0.01 0.05 80 no tanh
 five_datasets sup21k 20 0.03 constant 40 0.1 0.01 0.005 30 yes tanh
 five_datasets ibot21k 20 0.03 constant 40 0.1 0.01 0.005 30 yes sigmoid"""
-# TII stage: lr / ca_lr / schedule
+# TII stage of NoRGa: lr / ca_lr / schedule. HiDe-Prompt's TII stage has the same lr and schedule but ca_lr
+# 0.005 on every row (its scripts pass --ca_lr 0.005 to the TII command too).
 TII = {("cifar100", "sup21k"): (0.0005, 0.005, "constant"), ("cub", "sup21k"): (0.01, 0.05, "constant"),
        ("cub", "ibot21k"): (0.0005, 0.05, "step")}
 for b in ("ibot21k", "ibot", "dino", "mocov3"):
@@ -62,17 +63,19 @@ def test_paper_rows_compose_to_their_values(row, method):
     assert cfg.method.statistics == "covariance"
     if method == "norga":
         assert cfg.method.gate == gate
-        assert (cfg.tap.lr, cfg.tap.epochs) == (float(ca_lr), int(crct))
+        assert (cfg.method.tap.lr, cfg.method.tap.epochs) == (float(ca_lr), int(crct))
     else:
         assert cfg.method.gate is None and cfg.method._target_.endswith("HiDePrompt")
-        assert (cfg.tap.lr, cfg.tap.epochs) == (0.005, 30)
-    assert cfg.tap.samples_per_class_factor == 5
+        assert (cfg.method.tap.lr, cfg.method.tap.epochs) == (0.005, 30)
+    assert cfg.method.tap.samples_per_class_factor == 5
     tii_lr, tii_ca, tii_sched = TII[(d, b)]
-    assert (cfg.tii.epochs, cfg.tii.lr, cfg.tii.tap.lr, cfg.tii.tap.epochs) == (20, tii_lr, tii_ca, 30)
-    assert cfg.tii.scheduler.name == tii_sched
+    tii = cfg.method.tii
+    assert (tii.epochs, tii.lr, tii.tap.epochs, tii.scheduler.name) == (20, tii_lr, 30, tii_sched)
+    assert tii.tap.lr == (tii_ca if method == "norga" else 0.005)
     five = d == "five_datasets"
-    assert cfg.tii.mlp_structure == ([4, 4] if five else [2])
-    assert cfg.train.clip_grad == (2.0 if five else 1.0)
+    assert tii.mlp_structure == ([4, 4] if five else [2])
+    # 5-Datasets clips the prompts' gradients at 2; the TII stage keeps 1.0, as in the reference
+    assert cfg.train.clip_grad == (2.0 if five else 1.0) and tii.clip_grad == 1.0
     assert cfg.method.batchwise_prompt == five
     assert cfg.eval.batch_size == 128
     assert cfg.method.prefix_layout == "per_sample"
@@ -107,7 +110,7 @@ def test_unknown_group_option_lists_valid_options():
 
 def test_debug_smoke_shrinks_every_stage():
     cfg = compose_cfg(["dataset=cub", "debug=smoke"])
-    assert (cfg.train.epochs, cfg.tii.epochs, cfg.tap.epochs, cfg.tii.tap.epochs) == (1, 1, 1, 1)
+    assert (cfg.train.epochs, cfg.train.max_epochs) == (1, 1)  # max_epochs caps every stage of every method
     assert cfg.train.max_batches and cfg.eval.max_samples_per_task
     assert cfg.logger._target_.endswith("NullLogger")
 

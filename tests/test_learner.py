@@ -66,7 +66,7 @@ def test_cached_evaluation_equals_recomputing_everything(two_tasks):
     for cached, direct in zip(record["cached"], record["direct"]):
         assert cached.accs == direct.accs and cached.tii_accs == direct.tii_accs
         for a, b in zip(cached.tasks, direct.tasks):
-            assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.predictions, b.predictions)
+            assert torch.equal(a.selection, b.selection) and torch.equal(a.predictions, b.predictions)
     # the recomputing evaluator runs both ViTs over every seen test set every time (and the cached
     # evaluator evaluated twice per task, once inside the run and once here)
     assert record["direct_passes"] == 2 * (1 + 2)
@@ -103,7 +103,8 @@ def test_evaluation_follows_task_identification_not_the_true_task(two_tasks, cac
             picked = class_to_task[tii.argmax(dim=1)]
             predicted = learner.wtp_logits(learner.prompted_features(x, picked)).argmax(dim=1)
         assert (picked != index).float().mean() > 0.5, "the fixture must make TII and the task index disagree"
-        assert torch.equal(score.prompt_ids, picked), "the prompt used is not the one TII picked"
+        assert torch.equal(score.selection[:, 0], picked), "the prompt used is not the one TII picked"
+        assert torch.equal(score.chosen_task, picked)
         assert torch.equal(score.predictions, predicted)
 
 
@@ -132,10 +133,10 @@ def test_larger_prompt_lr_gives_head_a_tenth(tmp_path, monkeypatch):
         return real(cfg, groups)
 
     monkeypatch.setattr(hide_prompt, "build_optimizer", spy)
-    run.learner.wtp_train(StageContext(0, "wtp_train"))
+    run.learner.wtp_train(StageContext(0, "wtp_train", seed=42))
     (n_prompt, lr_prompt), (n_head, lr_head) = seen["groups"]
     assert n_prompt == 2 and n_head == 2  # prompts + alpha/tau; head weight + bias
-    assert lr_prompt == pytest.approx(0.03 * 16 / 256) and lr_head == pytest.approx(lr_prompt * 0.1)
+    assert lr_prompt == pytest.approx(0.03 * 32 / 256) and lr_head == pytest.approx(lr_prompt * 0.1)
 
 
 def test_hide_refuses_a_gate(tmp_path):
@@ -146,7 +147,7 @@ def test_hide_refuses_a_gate(tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished")
-    return run_dir, make_run(run_dir, ["train.max_batches=2", "tii.epochs=1"]).run()
+    return run_dir, make_run(run_dir, ["train.max_batches=2", "method.tii.epochs=1"]).run()
 
 
 def test_run_writes_metrics_and_checkpoints(finished_run):
@@ -165,22 +166,22 @@ def test_run_writes_metrics_and_checkpoints(finished_run):
 def test_resume_refuses_a_changed_config(finished_run):
     run_dir, _ = finished_run
     with pytest.raises(ValueError, match="optimizer.lr"):
-        make_run(run_dir, ["train.max_batches=2", "tii.epochs=1", "resume=true", "optimizer.lr=0.1"]).run()
+        make_run(run_dir, ["train.max_batches=2", "method.tii.epochs=1", "resume=true", "optimizer.lr=0.1"]).run()
 
 
 def test_existing_checkpoints_are_not_overwritten_without_resume(finished_run):
     run_dir, _ = finished_run
     with pytest.raises(FileExistsError, match="resume=true"):
-        make_run(run_dir, ["train.max_batches=2", "tii.epochs=1"]).run()
+        make_run(run_dir, ["train.max_batches=2", "method.tii.epochs=1"]).run()
 
 
 def test_tii_feature_cache_runs_the_backbone_once_per_task(tmp_path):
-    run = make_run(tmp_path, ["tii.feature_cache=true", "tii.epochs=3"])
+    run = make_run(tmp_path, ["method.tii.feature_cache=true", "method.tii.epochs=3"])
     learner = run.learner
     calls = []
     real = learner.backbone_features
     learner.backbone_features = lambda x: calls.append(len(x)) or real(x)
-    learner.tii_train(StageContext(0, "tii_train"))
-    learner.tii_stats(StageContext(0, "tii_stats"))
+    learner.tii_train(StageContext(0, "tii_train", seed=42))
+    learner.tii_stats(StageContext(0, "tii_stats", seed=42))
     assert sum(calls) == len(run.benchmark.train_set(0)), "one pass over the task's images, reused by statistics"
     assert len(learner.tii_statistics) == 5

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["progress=false", "backbone.pretrained=false", "dataset.num_tasks=2", "train.epochs=1", "tii.epochs=1",
-        "tap.epochs=1", "tii.tap.epochs=1", "train.batch_size=16", "train.max_batches=2",
+FAST = ["progress=false", "backbone.pretrained=false", "dataset.num_tasks=2", "train.epochs=1", "train.max_epochs=1",
+        "train.batch_size=16", "train.max_batches=2",
         "eval.max_samples_per_task=20", "method.prompt_length=2", "method.prompt_layers=[0,1]"]
 
 

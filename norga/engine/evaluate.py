@@ -1,18 +1,19 @@
-"""Class-incremental evaluation with task-identity inference, without recomputing frozen work.
+"""Class-incremental evaluation of any learner, without recomputing frozen work.
 
-After task ``t`` every test sample of tasks ``0..t`` goes: frozen backbone -> TII logits over the classes of
-tasks ``0..t`` -> predicted class -> its task -> that task's prompt -> prompted features -> WTP logits over
-all classes -> top-1. The true task id is never used for prediction, only to score.
+After task ``t`` every test sample of tasks ``0..t`` goes through the learner's prediction functions
+(:mod:`norga.methods.base`): query (frozen features) -> selection (the prompt(s) it uses, from the query) ->
+features under that selection -> class logits -> top-1. The true task id is never given to the learner; it
+is only used to score.
 
-What cannot change is computed once: the backbone's class-token features of a test set (the backbone is
-frozen), and the prompted features of a sample under prompt ``p`` (prompt ``p`` and the gate parameters are
-frozen once task ``p`` is finished). Only the heads, which TAP retrains, are re-applied each time. With
-the reference prefix layout a sample's features depend on its batch, so that path recomputes per batch.
+What cannot change is computed once: a test set's queries while the learner's ``query_version`` holds, and a
+sample's features under a selection while ``features_version`` of that selection holds (e.g. a finished
+task's prompt). Only what training changes (heads, selection) is re-applied each time. Learners whose features
+depend on the rest of the batch (the reference prefix layout) set ``eval_cacheable = False`` and are evaluated
+batch by batch, as the reference does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,19 +22,20 @@ from tqdm.auto import tqdm
 
 from norga.engine.faults import maybe_crash
 from norga.engine.loaders import make_loader
-from norga.engine.loops import extract_features, masked_logits
+from norga.engine.loops import extract_features
 
 
 @dataclass
 class TaskScore:
-    """Scores on one test task, in percent."""
+    """Scores on one test task, in percent (``tii_acc`` None when the learner does not identify tasks)."""
 
     acc: float
-    tii_acc: float
+    tii_acc: float | None
     acc_per_sample_prompt: float | None = None
     tii_acc_per_sample_prompt: float | None = None
     predictions: torch.Tensor | None = field(default=None, repr=False)
-    prompt_ids: torch.Tensor | None = field(default=None, repr=False)
+    selection: torch.Tensor | None = field(default=None, repr=False)  # (n, k) ids used, None without prompts
+    chosen_task: torch.Tensor | None = field(default=None, repr=False)  # (n,) task the selection stands for
 
 
 @dataclass
@@ -45,27 +47,33 @@ class EvalResult:
         return [s.acc for s in self.tasks]
 
     @property
-    def tii_accs(self) -> list[float]:
+    def tii_accs(self) -> list[float | None]:
         return [s.tii_acc for s in self.tasks]
 
 
-class PromptedModel:
-    """What the evaluator needs from a learner (a structural protocol, documented here)."""
+def majority_selection(selection: torch.Tensor) -> torch.Tensor:
+    """The ``k`` ids chosen most often among the rows of ``selection`` ``(n, k)``, as one sorted row ``(k,)``;
+    ties go to the smaller id (what the reference's counts + top-k give on CUDA)."""
+    k = selection.shape[1]
+    counts = torch.bincount(selection.flatten())
+    if k == 1:
+        return counts.argmax().reshape(1)
+    ids = torch.nonzero(counts).flatten()
+    # stable sort by count, descending: among equal counts the smaller id stays first
+    order = torch.sort(counts[ids], descending=True, stable=True).indices
+    return ids[order[:k]].sort().values
 
-    backbone_features: Callable[[torch.Tensor], torch.Tensor]
-    tii_logits: Callable[[torch.Tensor], torch.Tensor]
-    prompted_features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    wtp_logits: Callable[[torch.Tensor], torch.Tensor]
 
-
-def batchwise_majority(task_ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Each consecutive batch takes its most frequent predicted task (ties: the smallest id)."""
-    out = task_ids.clone()
-    for start in range(0, len(task_ids), batch_size):
-        chunk = task_ids[start:start + batch_size]
-        counts = torch.bincount(chunk)
-        out[start:start + batch_size] = int(torch.argmax(counts))
+def batchwise_majority(selection: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Each consecutive batch of ``batch_size`` rows takes its :func:`majority_selection`."""
+    out = selection.clone()
+    for start in range(0, len(selection), batch_size):
+        out[start:start + batch_size] = majority_selection(selection[start:start + batch_size])
     return out
+
+
+def _rows(selection: torch.Tensor) -> list[tuple[int, ...]]:
+    return [tuple(r) for r in torch.unique(selection, dim=0).tolist()]
 
 
 class Evaluator:
@@ -78,7 +86,6 @@ class Evaluator:
         batch_size: int,
         num_workers: int = 0,
         cache: bool = True,
-        batchwise_prompt: bool = False,
         progress: bool = True,
         max_samples: int | None = None,
     ) -> None:
@@ -88,14 +95,12 @@ class Evaluator:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.cache = cache
-        self.batchwise_prompt = batchwise_prompt
         self.progress = progress
         self.vit_passes = 0.0  # in whole test sets: a pass over k of n images counts k / n
-        self.prompt_changes = 0  # samples re-run because TII picked a prompt not yet computed for them
-        self._has_prompted: dict[int, torch.Tensor] = {}  # test task -> (n,) any prompted feature cached
-        self._cls: dict[int, torch.Tensor] = {}
-        self._labels: dict[int, torch.Tensor] = {}
-        self._prompted: dict[tuple[int, int], torch.Tensor] = {}  # (test task, prompt) -> (n, D), NaN = not yet
+        self.prompt_changes = 0  # samples re-run because their selection changed to one not computed for them
+        self._computed: dict[int, torch.Tensor] = {}  # test task -> (n,) any features computed for the sample
+        self._query: dict[int, tuple] = {}  # test task -> (version, queries (n, D), labels (n,))
+        self._features: dict[tuple, tuple] = {}  # (test task, selection row) -> (version, (n, D), NaN = not yet)
 
     def state_dict(self) -> dict:
         return {"vit_passes": self.vit_passes, "prompt_changes": self.prompt_changes}
@@ -105,16 +110,14 @@ class Evaluator:
         self.prompt_changes = state.get("prompt_changes", 0)
 
     @torch.no_grad()
-    def evaluate(self, model: PromptedModel, upto_task: int, point: str = "") -> EvalResult:
+    def evaluate(self, learner, upto_task: int, point: str = "") -> EvalResult:
         """Scores on test tasks ``0..upto_task``; ``point`` names this evaluation for crash drills."""
-        seen = self.benchmark.seen_mask(upto_task)
         result = EvalResult()
+        cached = self.cache and learner.eval_cacheable
         for task in range(upto_task + 1):
             maybe_crash(f"{point}/test{task}")
-            if self.cache:
-                result.tasks.append(self._score_cached(model, task, seen))
-            else:
-                result.tasks.append(self._score_direct(model, task, seen))
+            score = self._score_cached if cached else self._score_direct
+            result.tasks.append(score(learner, task, upto_task))
         return result
 
     def _test_set(self, task: int):
@@ -128,75 +131,107 @@ class Evaluator:
     def _loader(self, dataset):
         return make_loader(dataset, self.batch_size, self.device, self.num_workers)
 
-    def _class_task(self, classes: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.benchmark.class_to_task, device=classes.device)[classes]
-
-    def _score(self, logits_fn, feats, labels, task, chosen, per_sample_tasks) -> TaskScore:
-        logits = logits_fn(feats.to(self.device)).float().cpu()
-        acc = 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
-        tii = 100.0 * (chosen == task).float().mean().item()
-        score = TaskScore(acc=acc, tii_acc=tii, predictions=logits.argmax(dim=1), prompt_ids=chosen)
-        if self.batchwise_prompt:
-            score.tii_acc_per_sample_prompt = 100.0 * (per_sample_tasks == task).float().mean().item()
+    def _score(self, learner, logits, labels, task, chosen, per_sample) -> TaskScore:
+        predictions = logits.float().cpu().argmax(dim=1)
+        acc = 100.0 * (predictions == labels).float().mean().item()
+        chosen_task = learner.selected_task(chosen)
+        tii = None if chosen_task is None else 100.0 * (chosen_task.cpu() == task).float().mean().item()
+        score = TaskScore(acc=acc, tii_acc=tii, predictions=predictions,
+                          selection=None if chosen is None else chosen.cpu(),
+                          chosen_task=None if chosen_task is None else chosen_task.cpu())
+        if learner.batchwise_prompt and per_sample is not None:
+            own_task = learner.selected_task(per_sample)
+            if own_task is not None:
+                score.tii_acc_per_sample_prompt = 100.0 * (own_task.cpu() == task).float().mean().item()
         return score
 
-    def _score_cached(self, model: PromptedModel, task: int, seen: torch.Tensor) -> TaskScore:
+    def _choose(self, learner, selection: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        if selection is None or not learner.batchwise_prompt:
+            return selection
+        return batchwise_majority(selection, batch_size)
+
+    # ---- cached: queries once per test set, features once per (sample, selection) ---------------------------
+    def _score_cached(self, learner, task: int, upto_task: int) -> TaskScore:
         dataset = self._test_set(task)
-        if task not in self._cls:
-            self._cls[task], self._labels[task] = extract_features(
-                model.backbone_features, self._loader(dataset), self.device, f"test {task}: backbone",
-                progress=self.progress)
+        version = learner.query_version()
+        entry = self._query.get(task)
+        if entry is None or entry[0] != version:
+            queries, labels = extract_features(learner.query, self._loader(dataset), self.device,
+                                               f"test {task}: query", progress=self.progress)
+            self._query[task] = entry = (version, queries, labels)
             self.vit_passes += 1
-        labels = self._labels[task]
-        tii = masked_logits(model.tii_logits(self._cls[task].to(self.device)).float(), seen).cpu()
-        per_sample = self._class_task(tii.argmax(dim=1))
-        chosen = batchwise_majority(per_sample, self.batch_size) if self.batchwise_prompt else per_sample
-        feats = self._prompted_for(model, task, dataset, chosen)
-        score = self._score(model.wtp_logits, feats, labels, task, chosen, per_sample)
-        if self.batchwise_prompt:
-            own = self._prompted_for(model, task, dataset, per_sample)
-            score.acc_per_sample_prompt = self._score(model.wtp_logits, own, labels, task, per_sample,
-                                                      per_sample).acc
+        _, queries, labels = entry
+        per_sample = learner.select(queries.to(self.device), upto_task)
+        per_sample = None if per_sample is None else per_sample.cpu()
+        chosen = self._choose(learner, per_sample, self.batch_size)
+        feats = self._features_for(learner, task, dataset, chosen, queries)
+        score = self._score(learner, learner.logits(feats.to(self.device), upto_task), labels, task, chosen,
+                            per_sample)
+        if learner.batchwise_prompt and per_sample is not None:
+            own = self._features_for(learner, task, dataset, per_sample, queries)
+            score.acc_per_sample_prompt = self._score(learner, learner.logits(own.to(self.device), upto_task),
+                                                      labels, task, per_sample, None).acc
         return score
 
-    def _prompted_for(self, model: PromptedModel, task: int, dataset, prompts: torch.Tensor) -> torch.Tensor:
-        n = len(prompts)
+    def _features_for(self, learner, task: int, dataset, selection: torch.Tensor | None,
+                      queries: torch.Tensor) -> torch.Tensor:
+        """Features of every sample under its row of ``selection``, from the cache where still valid."""
+        if not learner.features_need_images:
+            return learner.features(None, None if selection is None else selection.to(self.device),
+                                    queries.to(self.device)).float().cpu()
+        n = len(queries)
+        rows = [()] if selection is None else _rows(selection)
         feats = None
-        for p in prompts.unique().tolist():
-            cached = self._prompted.get((task, p))
-            want = (prompts == p).nonzero().flatten()
+        for row in rows:
+            want = torch.arange(n) if selection is None else (selection == torch.tensor(row)).all(1).nonzero().flatten()
+            version = learner.features_version(row) if row else None
+            entry = self._features.get((task, row)) if version is not None else None
+            cached = entry[1] if entry is not None and entry[0] == version else None
             missing = want if cached is None else want[torch.isnan(cached[want, 0])]
             if len(missing):
-                computed, _ = extract_features(
-                    lambda x, p=p: model.prompted_features(x, torch.full((len(x),), p, device=x.device)),
-                    self._loader(Subset(dataset, missing.tolist())), self.device,
-                    f"test {task}: prompt {p}", progress=self.progress)
+                computed = self._compute(learner, task, dataset, missing, row, queries, len(want) == n and not row)
                 if cached is None:
                     cached = torch.full((n, computed.shape[1]), float("nan"))
                 cached[missing] = computed
-                self._prompted[(task, p)] = cached
+                if version is not None:
+                    self._features[(task, row)] = (version, cached)
                 self.vit_passes += len(missing) / n
-                seen_before = self._has_prompted.setdefault(task, torch.zeros(n, dtype=torch.bool))
-                self.prompt_changes += int(seen_before[missing].sum())
-                seen_before[missing] = True
+                computed_before = self._computed.setdefault(task, torch.zeros(n, dtype=torch.bool))
+                self.prompt_changes += int(computed_before[missing].sum())
+                computed_before[missing] = True
             if feats is None:
                 feats = torch.empty(n, cached.shape[1])
             feats[want] = cached[want]
         return feats
 
-    def _score_direct(self, model: PromptedModel, task: int, seen: torch.Tensor) -> TaskScore:
-        """Batch by batch, as the reference does: needed when features depend on batch composition."""
+    def _compute(self, learner, task, dataset, indices, row, queries, whole) -> torch.Tensor:
+        subset = dataset if whole else Subset(dataset, indices.tolist())
+        sel = torch.tensor(row, dtype=torch.long) if row else None
+        out, start = [], 0
+        desc = f"test {task}: " + (f"prompt {' '.join(map(str, row))}" if row else "features")
+        for x, _ in tqdm(self._loader(subset), desc=desc, leave=False, disable=not self.progress):
+            q = queries[indices[start:start + len(x)]].to(self.device)
+            start += len(x)
+            batch_sel = None if sel is None else sel.to(self.device).expand(len(x), -1)
+            out.append(learner.features(x.to(self.device, non_blocking=True), batch_sel, q).float().cpu())
+        return torch.cat(out)
+
+    # ---- direct: batch by batch, as the reference does ------------------------------------------------------
+    def _score_direct(self, learner, task: int, upto_task: int) -> TaskScore:
+        """Needed when features depend on batch composition (the reference prefix layout)."""
         loader = self._loader(self._test_set(task))
-        feats, labels, chosen_all, per_sample_all = [], [], [], []
+        logits, labels, chosen_all, per_sample_all = [], [], [], []
         for x, y in tqdm(loader, desc=f"test {task}", leave=False, disable=not self.progress):
             x = x.to(self.device)
-            tii = masked_logits(model.tii_logits(model.backbone_features(x)).float(), seen)
-            per_sample = self._class_task(tii.argmax(dim=1))
-            chosen = batchwise_majority(per_sample, len(x)) if self.batchwise_prompt else per_sample
-            feats.append(model.prompted_features(x, chosen).float().cpu())
+            query = learner.query(x)
+            per_sample = learner.select(query, upto_task)
+            chosen = self._choose(learner, per_sample, len(x))
+            feats = learner.features(x if learner.features_need_images else None, chosen, query)
+            logits.append(learner.logits(feats, upto_task).float().cpu())
             labels.append(y)
-            chosen_all.append(chosen.cpu())
-            per_sample_all.append(per_sample.cpu())
-        self.vit_passes += 2
-        return self._score(model.wtp_logits, torch.cat(feats), torch.cat(labels), task,
-                           torch.cat(chosen_all), torch.cat(per_sample_all))
+            if per_sample is not None:
+                chosen_all.append(chosen.cpu())
+                per_sample_all.append(per_sample.cpu())
+        self.vit_passes += 2 if learner.features_need_images else 1
+        cat = (lambda parts: torch.cat(parts) if parts else None)  # noqa: E731
+        return self._score(learner, torch.cat(logits), torch.cat(labels), task, cat(chosen_all), cat(per_sample_all))

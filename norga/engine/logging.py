@@ -52,15 +52,21 @@ class WandbLogger(NullLogger):
                               tags=self.tags, name=self.name, config=config, dir=str(run_dir),
                               id=resume_id, resume="allow" if resume_id else None)
         self.run_id = self.run.id
+        self._stages: set[str] = set()
         self.run.define_metric("epoch")
-        for stage in ("tii_train", "tii_tap", "wtp_train", "wtp_tap"):
-            self.run.define_metric(f"{stage}/*", step_metric="epoch")
         self.run.define_metric("task")
         self.run.define_metric("eval/*", step_metric="task")
 
     def log(self, metrics: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.log(metrics)
+        if self.run is None:
+            return
+        # a learner's stages report epochs as "<stage>/<value>": each stage's curves on the epoch axis
+        for key in metrics:
+            stage = key.split("/", 1)[0]
+            if "/" in key and stage != "eval" and stage not in self._stages:
+                self._stages.add(stage)
+                self.run.define_metric(f"{stage}/*", step_metric="epoch")
+        self.run.log(metrics)
 
     def log_matrix(self, name: str, matrix: list[list[float]], task: int) -> None:
         if self.run is None:

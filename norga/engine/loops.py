@@ -1,4 +1,5 @@
-"""The inner loops: one training epoch, feature extraction, and training a head on sampled features."""
+"""The inner loops every learner uses: one training epoch with clipping and crash points, feature
+extraction, masked logits, bf16 autocast."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from tqdm.auto import tqdm
 
 from norga.engine.distributed import global_count, local_loss_weight
 from norga.engine.faults import maybe_crash
-from norga.engine.stages import StageContext
-from norga.methods.statistics import ClassStatistics
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,6 +47,16 @@ def shard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if n == 0:
         return logits.sum() * 0.0
     return weight * F.cross_entropy(logits, labels)
+
+
+def shard_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of per-sample ``values`` over the global batch, from this process's shard (weighted like
+    :func:`shard_cross_entropy`; zero, still connected to the graph, on an empty shard)."""
+    n = len(values)
+    weight = local_loss_weight(n, global_count(n))
+    if n == 0:
+        return values.sum() * 0.0
+    return weight * values.mean()
 
 
 def train_epoch(
@@ -105,56 +114,3 @@ def extract_features(
         feats.append(fn(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
-
-
-def train_on_statistics(
-    model: nn.Module,
-    stats: ClassStatistics,
-    classes: list[int],
-    steps: int,
-    n_per_class: int,
-    epochs: int,
-    lr: float,
-    allowed: torch.Tensor,
-    device: torch.device,
-    seed_epoch: Callable[[int], object],
-    ctx: StageContext,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    progress: bool = True,
-) -> None:
-    """Task-adaptive prediction: train ``model`` on features sampled from the class Gaussians.
-
-    Each epoch samples ``n_per_class`` features for every class in ``classes``, shuffles them, and takes
-    ``steps`` SGD steps of ``n_per_class`` samples each (the reference: steps = number of classes of the
-    earlier tasks), logits restricted to ``allowed``; cosine annealing over the epochs.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    ctx.attach(optimizer, schedule)
-    model.train()
-    where = f"task {ctx.task} {ctx.stage}"
-    for epoch in tqdm(range(ctx.start_epoch, epochs), desc=where, leave=False, disable=not progress):
-        maybe_crash(f"{ctx.point}/epoch{epoch}")
-        seed_epoch(epoch)
-        x, y = stats.sample(classes, n_per_class)
-        order = torch.randperm(len(y))
-        x, y = x[order].to(device), y[order].to(device)
-        total, count = 0.0, 0
-        for step in range(steps):
-            xb = x[step * n_per_class:(step + 1) * n_per_class]
-            yb = y[step * n_per_class:(step + 1) * n_per_class]
-            if len(yb) == 0:
-                break
-            loss = F.cross_entropy(masked_logits(model(xb), allowed), yb)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"{where} epoch {epoch}", step, value)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + value * len(yb), count + len(yb)
-        lr_now = optimizer.param_groups[0]["lr"]
-        schedule.step()
-        ctx.epoch_end(epoch, {"loss": total / max(count, 1), "lr": lr_now})

@@ -1,5 +1,6 @@
-"""The run driver: builds everything from the config, runs the tasks stage by stage, evaluates, writes
-checkpoints and ``metrics.json``, and logs."""
+"""The run driver: builds everything from the config, runs any learner task by task and stage by stage,
+evaluates, writes checkpoints and ``metrics.json``, and logs. It knows no method: the learner contract
+(:mod:`norga.methods.base`) is all it uses."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from norga.engine.faults import maybe_crash
 from norga.engine.logging import NullLogger
 from norga.engine.loops import NonFiniteLossError
 from norga.engine.seeding import seed_everything
-from norga.engine.stages import STAGES, StageContext
+from norga.engine.stages import Stage, StageContext, check_stages
 from norga.metrics import summarize
 from norga.models.checkpoint_formats import check_checkpoint_available
 from norga.models.vit import build_frozen_backbone
@@ -62,18 +63,19 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 class ContinualRun:
-    """One run: a learner trained task by task on a benchmark, with evaluation after every task.
+    """One run: any learner (:mod:`norga.methods.base`) trained task by task on a benchmark, stage by stage,
+    with the evaluations its stages ask for.
 
     Checkpoints (``<run dir>/checkpoints``), all written atomically:
 
-    * ``last.pt``: the cursor (task, stage, epoch to do next), the trainable modules, the stage's optimiser
-      and scheduler state, the accuracy matrices and counters; rewritten after every epoch and stage.
-    * ``{tii,wtp}_stats_task_<t>.pt``: the class statistics of task t's classes, written once when they
-      are computed (a class's statistics never change afterwards, and they are large: 2.4 MB per class
-      for a ViT-B covariance).
+    * ``last.pt``: the cursor (task, stage, epoch to do next), the learner's modules, the stage's optimiser
+      and scheduler state, the accuracy matrices, the learner's artifacts so far and counters; rewritten after
+      every epoch and stage.
+    * ``<artifact>.pt``: files a learner writes once with ``ctx.save_artifact`` (e.g. HiDe-Prompt's class
+      statistics ``{tii,wtp}_stats_task_<t>.pt``: large, and never changing once computed).
     * ``task_<t>.pt``: ``last.pt`` as it was when task t finished; kept.
 
-    No RNG state is stored: every epoch of every stage seeds itself from (seed, task, stage, epoch).
+    No RNG state is stored: every epoch of every stage seeds itself from (seed, task, stage name, epoch).
     """
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
@@ -101,20 +103,36 @@ class ContinualRun:
         backbone = build_frozen_backbone(cfg.backbone)
         seed_everything(cfg.seed)
         self.learner = get_class(cfg.method._target_)(cfg, backbone, self.benchmark, self.device)
+        if self.learner.batchwise_prompt:
+            log.warning("method.batchwise_prompt=true: each test batch uses its most frequent selection, which "
+                        "leaks the batch's composition (test batches hold one task); the per-sample result is "
+                        "reported too (per_sample_prompt in metrics.json)")
         self.evaluator = Evaluator(self.benchmark, self.device, cfg.eval.batch_size, cfg.train.num_workers,
-                                   cache=cfg.eval.cache and cfg.method.prefix_layout == "per_sample",
-                                   batchwise_prompt=cfg.method.batchwise_prompt, progress=cfg.progress,
+                                   cache=cfg.eval.cache, progress=cfg.progress,
                                    max_samples=cfg.eval.max_samples_per_task)
         self.logger = instantiate(cfg.logger) if self.dist.is_main else NullLogger()
-        self.acc: list[list[float]] = []
-        self.acc_pre_tap: list[list[float]] = []
-        self.tii_acc: list[list[float]] = []
+        # evaluation tag ("" for the task's own evaluation) -> accuracy matrix; task-identification accuracy
+        self.matrices: dict[str, list[list[float]]] = {}
+        self.tii_acc: list[list[float | None]] = []
         self.extra: list[dict] = []
-        self.pending_pre_tap: list[float] | None = None
+        self.artifacts: list[str] = []
         self.epoch_counter = 0
         self.wall_time = 0.0
         self._clock = time.perf_counter()
         self._resume_id: str | None = None
+
+    # ---- stages ------------------------------------------------------------------------------------
+    def stages(self, task: int) -> list[Stage]:
+        stages = list(self.learner.stages(task))
+        check_stages(stages, task)
+        return stages
+
+    def _stage_index(self, task: int, name: str) -> int:
+        names = [s.name for s in self.stages(task)]
+        if name not in names:
+            raise ValueError(f"the checkpoint's cursor names stage {name!r} of task {task}, but "
+                             f"{type(self.learner).__name__} has stages {names}")
+        return names.index(name)
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -126,13 +144,13 @@ class ContinualRun:
         self._tick()
         return {
             "cursor": {"task": cursor[0], "stage": cursor[1], "epoch": cursor[2]},
-            "learner": self.learner.state_dict(stats_classes=[]),
+            "learner": self.learner.state_dict(),
             "optimizer": ctx.optimizer.state_dict() if ctx is not None and ctx.optimizer is not None else None,
             "scheduler": ctx.scheduler.state_dict() if ctx is not None and ctx.scheduler is not None else None,
-            "run": {"acc": self.acc, "acc_pre_tap": self.acc_pre_tap, "tii_acc": self.tii_acc,
-                    "extra": self.extra, "pending_pre_tap": self.pending_pre_tap,
-                    "evaluator": self.evaluator.state_dict(), "epoch_counter": self.epoch_counter,
-                    "wall_time": self.wall_time, "logger_run_id": self.logger.run_id},
+            "run": {"matrices": self.matrices, "tii_acc": self.tii_acc, "extra": self.extra,
+                    "artifacts": self.artifacts, "evaluator": self.evaluator.state_dict(),
+                    "epoch_counter": self.epoch_counter, "wall_time": self.wall_time,
+                    "logger_run_id": self.logger.run_id},
             "config": self.config,
         }
 
@@ -140,20 +158,21 @@ class ContinualRun:
         if self.dist.is_main:
             save_atomic(self._state(cursor, ctx), self.ckpt_dir / "last.pt")
 
-    def _save_statistics(self, kind: str, task: int) -> None:
+    def _save_artifact(self, name: str, state: Any) -> None:
         if self.dist.is_main:
-            state = self.learner.statistics(kind).state_dict(self.benchmark.task_classes[task])
-            save_atomic(state, self.ckpt_dir / f"{kind}_stats_task_{task}.pt")
+            save_atomic(state, self.ckpt_dir / f"{name}.pt")
+        if name not in self.artifacts:
+            self.artifacts.append(name)
 
     def _resume(self) -> tuple[int, str, int, dict | None]:
-        """Load ``last.pt`` and the statistics it depends on; returns the cursor and in-stage state."""
+        """Load ``last.pt`` and the artifacts it lists; returns the cursor and in-stage state."""
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             if any(self.ckpt_dir.glob("*.pt")):
                 raise FileNotFoundError(f"{path} is missing but {self.ckpt_dir} holds other checkpoints; restore "
                                         "it, or start over with resume=false in a new output directory")
             log.info("resume=true but no checkpoint in %s: starting from task 0", self.ckpt_dir)
-            return 0, STAGES[0], 0, None
+            return 0, self.stages(0)[0].name, 0, None
         state = load_checkpoint(path)
         diff = config_differences(state["config"], self.config)
         if diff:
@@ -163,16 +182,14 @@ class ContinualRun:
                              f"{lines}\nrun with the checkpoint's values, or start a new run directory")
         cursor = state["cursor"]
         task, stage, epoch = cursor["task"], cursor["stage"], cursor["epoch"]
+        if task < self.benchmark.num_tasks:
+            self._stage_index(task, stage)
         self.learner.load_state_dict(state["learner"])
-        position = STAGES.index(stage)
-        for kind in ("tii", "wtp"):
-            stats_done = position > STAGES.index(f"{kind}_stats")
-            for t in list(range(task)) + ([task] if stats_done else []):
-                stats = load_checkpoint(self.ckpt_dir / f"{kind}_stats_task_{t}.pt")
-                self.learner.statistics(kind).load_state_dict(stats, merge=True)
         run = state["run"]
-        self.acc, self.acc_pre_tap, self.tii_acc = run["acc"], run["acc_pre_tap"], run["tii_acc"]
-        self.extra, self.pending_pre_tap = run["extra"], run["pending_pre_tap"]
+        for name in run["artifacts"]:
+            self.learner.load_artifact(name, load_checkpoint(self.ckpt_dir / f"{name}.pt"))
+        self.matrices, self.tii_acc, self.extra = run["matrices"], run["tii_acc"], run["extra"]
+        self.artifacts = list(run["artifacts"])
         self.evaluator.load_state_dict(run["evaluator"])
         self.epoch_counter, self.wall_time = run["epoch_counter"], run["wall_time"]
         self._resume_id = run["logger_run_id"]
@@ -181,25 +198,32 @@ class ContinualRun:
         return task, stage, epoch, in_stage
 
     # ---- metrics -----------------------------------------------------------------------------------
+    @property
+    def acc(self) -> list[list[float]]:
+        return self.matrices.get("", [])
+
     def metrics(self, finished: bool) -> dict:
         out: dict[str, Any] = {
             "finished": finished,
             "dataset": self.cfg.dataset.name,
             "backbone": self.cfg.backbone.name,
             "method": self.cfg.method.name,
-            "gate": self.cfg.method.gate,
+            "gate": self.cfg.method.get("gate"),
             "seed": self.cfg.seed,
             "num_tasks": self.benchmark.num_tasks,
             "tasks_done": len(self.acc),
             "acc_matrix": self.acc,
-            "acc_matrix_pre_tap": self.acc_pre_tap,
+            **{f"acc_matrix_{tag}": rows for tag, rows in self.matrices.items() if tag},
             "tii_acc_matrix": self.tii_acc,
         }
         if self.acc:
             out.update(summarize(self.acc))
-            out["tii_acc"] = sum(self.tii_acc[-1]) / len(self.tii_acc[-1])
-            out.update({f"{k}_pre_tap": v for k, v in summarize(self.acc_pre_tap).items()})
-        if self.cfg.method.batchwise_prompt and self.extra:
+            last = self.tii_acc[-1]
+            out["tii_acc"] = None if None in last else sum(last) / len(last)
+            for tag, rows in self.matrices.items():
+                if tag and len(rows) == len(self.acc):
+                    out.update({f"{k}_{tag}": v for k, v in summarize(rows).items()})
+        if self.learner.batchwise_prompt and self.extra:
             out["per_sample_prompt"] = self.extra[-1]
         out["vit_passes"] = round(self.evaluator.vit_passes, 4)
         out["prompt_changes"] = self.evaluator.prompt_changes
@@ -218,72 +242,72 @@ class ContinualRun:
         tmp.replace(self.run_dir / "metrics.json")
         return metrics
 
-    # ---- stages ------------------------------------------------------------------------------------
+    # ---- running -----------------------------------------------------------------------------------
     def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:
         self.epoch_counter += 1
         self.logger.log({**{f"{ctx.stage}/{k}": v for k, v in values.items()}, "epoch": self.epoch_counter,
                          "task_id": ctx.task})
         self._save((ctx.task, ctx.stage, epoch + 1), ctx)
 
-    def _evaluate(self, task: int, point: str) -> tuple[list[float], list[float], dict]:
+    def _evaluate(self, task: int, stage: Stage, point: str) -> None:
+        if not self.dist.is_main:
+            return  # evaluation runs on rank 0 only (its caches live there); the others wait at the barrier
         self.learner.eval_mode()
         result = self.evaluator.evaluate(self.learner, task, point=point)
+        self.matrices.setdefault(stage.evaluate, []).append(result.accs)
+        if stage.evaluate:
+            return
+        self.tii_acc.append(result.tii_accs)
         extra = {}
-        if self.cfg.method.batchwise_prompt:
+        if self.learner.batchwise_prompt:
             extra = {"acc": [s.acc_per_sample_prompt for s in result.tasks],
                      "tii_acc": [s.tii_acc_per_sample_prompt for s in result.tasks]}
-        return result.accs, result.tii_accs, extra
+        self.extra.append(extra)
 
-    def _run_stage(self, ctx: StageContext) -> None:
-        task, stage = ctx.task, ctx.stage
+    def _run_stage(self, task: int, stage: Stage, epoch: int, in_stage: dict | None) -> None:
+        ctx = StageContext(task, stage.name, seed=self.cfg.seed, start_epoch=epoch, progress=self.cfg.progress,
+                           optimizer_state=(in_stage or {}).get("optimizer"),
+                           scheduler_state=(in_stage or {}).get("scheduler"),
+                           on_epoch_end=self._epoch_end, on_artifact=self._save_artifact)
         maybe_crash(f"{ctx.point}/start")
-        if stage in ("tii_train", "tii_tap", "wtp_train", "wtp_tap"):
-            getattr(self.learner, stage)(ctx)
-        elif stage in ("tii_stats", "wtp_stats"):
-            getattr(self.learner, stage)(ctx)
-            self._save_statistics(stage.split("_")[0], task)
-        elif not self.dist.is_main:
-            # evaluation runs on rank 0 only (its features are cached there); the others wait
-            pass
-        elif stage == "evaluate_pre_tap":
-            self.pending_pre_tap, _, _ = self._evaluate(task, ctx.point)
+        if stage.is_evaluation:
+            self._evaluate(task, stage, ctx.point)
         else:
-            acc, tii, extra = self._evaluate(task, ctx.point)
-            self.acc_pre_tap.append(self.pending_pre_tap)
-            self.acc.append(acc)
-            self.tii_acc.append(tii)
-            self.extra.append(extra)
-            self.pending_pre_tap = None
+            self.learner.run_stage(ctx)
 
-    def run_task(self, task: int, stage: str = STAGES[0], epoch: int = 0, in_stage: dict | None = None) -> None:
+    def run_task(self, task: int, stage: str | None = None, epoch: int = 0, in_stage: dict | None = None) -> None:
         """Run task ``task`` from ``stage``/``epoch`` on (restoring ``in_stage`` optimiser state), checkpoint
-        after every epoch and stage, and record its row of the accuracy matrices."""
-        for name in STAGES[STAGES.index(stage):]:
-            ctx = StageContext(task, name, start_epoch=epoch, on_epoch_end=self._epoch_end,
-                               optimizer_state=(in_stage or {}).get("optimizer"),
-                               scheduler_state=(in_stage or {}).get("scheduler"))
+        after every epoch and stage, and record its rows of the accuracy matrices."""
+        stages = self.stages(task)
+        start = 0 if stage is None else self._stage_index(task, stage)
+        for i in range(start, len(stages)):
+            self._run_stage(task, stages[i], epoch, in_stage)
             epoch, in_stage = 0, None
-            self._run_stage(ctx)
-            following = STAGES.index(name) + 1
-            if following < len(STAGES):
-                self._save((task, STAGES[following], 0))
+            if i + 1 < len(stages):
+                self._save((task, stages[i + 1].name, 0))
         self._finish_task(task)
 
     def _finish_task(self, task: int) -> None:
         barrier()
         if not self.dist.is_main:
             return
-        state = self._state((task + 1, STAGES[0], 0))
+        following = self.stages(task + 1)[0].name if task + 1 < self.benchmark.num_tasks else "done"
+        state = self._state((task + 1, following, 0))
         save_atomic(state, self.ckpt_dir / "last.pt")
         save_atomic(state, self.ckpt_dir / f"task_{task}.pt")
         metrics = self._write_metrics(finished=task == self.benchmark.num_tasks - 1)
-        n = len(self.acc[-1])
-        log.info("task %d/%d: acc [%s] | avg %.2f (pre-TAP %.2f) | TII %.2f | %.0fs", task + 1,
-                 self.benchmark.num_tasks, " ".join(f"{a:.1f}" for a in self.acc[-1]), sum(self.acc[-1]) / n,
-                 sum(self.acc_pre_tap[-1]) / n, sum(self.tii_acc[-1]) / n, self.wall_time)
-        self.logger.log({"task": task, "eval/avg_acc": metrics["final_avg_acc"],
-                         "eval/avg_acc_pre_tap": sum(self.acc_pre_tap[-1]) / n, "eval/tii_acc": metrics["tii_acc"],
-                         **{f"eval/acc_task_{j}": a for j, a in enumerate(self.acc[-1])}})
+        row = self.acc[-1]
+        n = len(row)
+        others = " ".join(f"({tag} {sum(rows[-1]) / n:.2f})" for tag, rows in self.matrices.items() if tag)
+        tii = "" if metrics["tii_acc"] is None else f" | task id {metrics['tii_acc']:.2f}"
+        log.info("task %d/%d: acc [%s] | avg %.2f %s%s | %.0fs", task + 1, self.benchmark.num_tasks,
+                 " ".join(f"{a:.1f}" for a in row), sum(row) / n, others, tii, self.wall_time)
+        values = {"task": task, "eval/avg_acc": metrics["final_avg_acc"],
+                  **{f"eval/avg_acc_{tag}": sum(rows[-1]) / n for tag, rows in self.matrices.items() if tag},
+                  **{f"eval/acc_task_{j}": a for j, a in enumerate(row)}}
+        if metrics["tii_acc"] is not None:
+            values["eval/tii_acc"] = metrics["tii_acc"]
+        self.logger.log(values)
         self.logger.log_matrix("acc_matrix", self.acc, task)
 
     def run(self) -> dict:
@@ -295,7 +319,7 @@ class ContinualRun:
             if any(self.ckpt_dir.glob("*.pt")):
                 raise FileExistsError(f"{self.ckpt_dir} already holds checkpoints: pass resume=true to continue "
                                       "that run, or use a new output directory")
-            task, stage, epoch, in_stage = 0, STAGES[0], 0, None
+            task, stage, epoch, in_stage = 0, None, 0, None
         self.logger.start(self.config, self.run_dir, resume_id=self._resume_id)
         self._clock = time.perf_counter()
         exit_code = 1
@@ -305,18 +329,19 @@ class ContinualRun:
                          "(scripts/pretrain_embedded_vit.py), for demos and tests only")
             while task < self.benchmark.num_tasks:
                 self.run_task(task, stage, epoch, in_stage)
-                task, stage, epoch, in_stage = task + 1, STAGES[0], 0, None
+                task, stage, epoch, in_stage = task + 1, None, 0, None
             metrics = self._write_metrics(finished=True)
             if not self.dist.is_main:
                 exit_code = 0
                 return metrics
-            summary = {k: metrics[k] for k in ("final_avg_acc", "cum_avg_acc", "forgetting", "tii_acc",
-                                               "final_avg_acc_pre_tap", "vit_passes", "wall_time_s")}
+            summary = {k: metrics.get(k) for k in ("final_avg_acc", "cum_avg_acc", "forgetting", "tii_acc",
+                                                   "final_avg_acc_pre_tap", "vit_passes", "wall_time_s")
+                       if metrics.get(k) is not None}
             self.logger.summary(summary)
-            log.info("done: FA %.2f | CA %.2f | FFM %.2f | TII %.2f | %d ViT passes over test sets | "
-                     "%.0fs | %s", metrics["final_avg_acc"], metrics["cum_avg_acc"], metrics["forgetting"],
-                     metrics["tii_acc"], round(metrics["vit_passes"]), metrics["wall_time_s"],
-                     self.run_dir / "metrics.json")
+            tii = "" if metrics["tii_acc"] is None else f" | TII {metrics['tii_acc']:.2f}"
+            log.info("done: FA %.2f | CA %.2f | FFM %.2f%s | %d ViT passes over test sets | %.0fs | %s",
+                     metrics["final_avg_acc"], metrics["cum_avg_acc"], metrics["forgetting"], tii,
+                     round(metrics["vit_passes"]), metrics["wall_time_s"], self.run_dir / "metrics.json")
             exit_code = 0
             return metrics
         except NonFiniteLossError as e:

@@ -22,19 +22,45 @@ def build_frozen_backbone(cfg: DictConfig) -> VisionTransformer:
 
 
 def vit_features(
-    vit: VisionTransformer, x: torch.Tensor, prefixes: dict[int, Prefix] | None = None
+    vit: VisionTransformer,
+    x: torch.Tensor,
+    prefixes: dict[int, Prefix] | None = None,
+    tokens: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Pre-logit features (the class token after the final norm) with optional per-layer prefixes."""
-    if not prefixes:
+    """Pre-logit features (the class token after the final norm) with optional per-layer prompts.
+
+    ``prefixes``: block index -> :class:`Prefix` (prefix tuning: keys and values the block's queries also
+    attend to). ``tokens``: block index -> ``(B, n, dim)`` prompt tokens put in front of the sequence before
+    that block (prompt tuning, L2P; no position embedding, as in the reference); they travel through the later
+    blocks and are dropped before the head, which reads the class token.
+    """
+    if not prefixes and not tokens:
         return vit.forward_head(vit.forward_features(x), pre_logits=True)
+    prefixes, tokens = prefixes or {}, tokens or {}
     x = vit.patch_embed(x)
     x = vit._pos_embed(x)
     x = vit.patch_drop(x)
     x = vit.norm_pre(x)
+    prepended = 0
     for i, block in enumerate(vit.blocks):
+        if i in tokens:
+            x = torch.cat([tokens[i].to(x.dtype), x], dim=1)
+            prepended += tokens[i].shape[1]
         x = block(x, prefix=prefixes.get(i))
     x = vit.norm(x)
-    return vit.forward_head(x, pre_logits=True)
+    return vit.forward_head(x[:, prepended:], pre_logits=True)
+
+
+def check_layers(key: str, layers, vit: VisionTransformer) -> list[int]:
+    """``layers`` as a list of distinct block indices of ``vit``; a ValueError names ``key`` otherwise."""
+    layers = [int(i) for i in layers]
+    depth = len(vit.blocks)
+    bad = [i for i in layers if not 0 <= i < depth]
+    if bad:
+        raise ValueError(f"{key} {layers} has {bad} outside the backbone's {depth} blocks (0..{depth - 1})")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{key} {layers} lists a block twice")
+    return layers
 
 
 def head_geometry(vit: VisionTransformer) -> tuple[int, int, int]:
