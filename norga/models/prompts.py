@@ -82,7 +82,12 @@ class PromptPool(nn.Module):
         return self._to_prefixes(p.unsqueeze(2).expand(-1, -1, batch_size, -1, -1, -1))
 
     def prefixes_for_ids(self, prompt_ids: torch.Tensor) -> dict[int, Prefix]:
-        """Prefixes for a batch whose sample ``b`` uses prompt ``prompt_ids[b]`` (evaluation)."""
+        """Prefixes for a batch whose sample ``b`` uses prompt ``prompt_ids[b]`` (evaluation), or the prompts
+        ``prompt_ids[b, 0..k-1]`` one after the other (a top-k selection: prefix length ``k * L``)."""
+        if prompt_ids.dim() == 2:
+            selected = self.prompts[:, :, prompt_ids]  # (layers, 2, B, k, L, H, D)
+            n_layers, _, b, k, length, h, d = selected.shape
+            return self._to_prefixes(selected.reshape(n_layers, 2, b, k * length, h, d))
         return self._to_prefixes(self.prompts[:, :, prompt_ids])
 
     def _to_prefixes(self, selected: torch.Tensor) -> dict[int, Prefix]:
@@ -91,7 +96,8 @@ class PromptPool(nn.Module):
         if self.layout == "per_sample":
             per_sample = selected.permute(0, 2, 1, 3, 4, 5)
         else:
-            # The reference reshapes (layers, 2, B, ...) to (layers, B, 2, ...) without moving the axis.
+            # The reference reshapes (layers, 2, B, ...) to (layers, B, 2, ...) without moving the axis
+            # (with top-k, (layers, 2, B, k, L, ...) to (layers, B, 2, k L, ...): the same memory order).
             per_sample = selected.reshape(n_layers, b, 2, length, h, d)
         prefixes = {}
         for i, layer in enumerate(self.layers):
@@ -103,3 +109,42 @@ class PromptPool(nn.Module):
                 prefix.alpha = self.gate_params[i, 1]
             prefixes[layer] = prefix
         return prefixes
+
+
+class SharedPrefix(nn.Module):
+    """Prefix prompts shared by every task and sample (DualPrompt's G-prompt): ``(layers, 2, L, H, D)``,
+    initialised uniform(-1, 1). Every sample gets the layer's own key and value halves (the reference gathers
+    these correctly: no batch mixing)."""
+
+    def __init__(self, layers: list[int], length: int, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.prompts = nn.Parameter(torch.empty(len(self.layers), 2, length, num_heads, head_dim).uniform_(-1, 1))
+
+    def prefixes(self, batch_size: int) -> dict[int, Prefix]:
+        out = {}
+        for i, layer in enumerate(self.layers):
+            kv = self.prompts[i].transpose(1, 2).unsqueeze(1).expand(-1, batch_size, -1, -1, -1)  # (2, B, H, L, D)
+            out[layer] = Prefix(key=kv[0], value=kv[1])
+        return out
+
+
+class TokenPromptPool(nn.Module):
+    """A pool of prompt-tuning prompts (L2P): ``(layers, pool, L, dim)`` initialised uniform(-1, 1). The
+    prompts a sample selects are put in front of its token sequence before each of ``layers``."""
+
+    def __init__(self, layers: list[int], pool_size: int, length: int, dim: int) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.prompts = nn.Parameter(torch.empty(len(self.layers), pool_size, length, dim).uniform_(-1, 1))
+
+    @property
+    def pool_size(self) -> int:
+        return self.prompts.shape[1]
+
+    def tokens_for_ids(self, ids: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Tokens for a batch whose sample ``b`` selects prompts ``ids[b, 0..k-1]``: ``(B, k L, dim)`` per
+        layer, the selected prompts one after the other."""
+        b, k = ids.shape
+        selected = self.prompts[:, ids]  # (layers, B, k, L, dim)
+        return {layer: selected[i].reshape(b, k * selected.shape[3], -1) for i, layer in enumerate(self.layers)}
