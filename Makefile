@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all lint install
+.PHONY: run test test-all lint install mutants
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The mutation check (tests/mutants.yaml): every listed breakage must make its tests fail. Slow (minutes).
+mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py

@@ -36,7 +36,7 @@ def prompt_changes(evaluator) -> float:
     """Prompted passes beyond one per test sample, in test sets, from the evaluator's feature cache."""
     computed: dict[int, int] = {}
     sizes: dict[int, int] = {}
-    for (task, _prompt), feats in evaluator._prompted.items():
+    for (task, _selection), (_version, feats) in evaluator._features.items():
         computed[task] = computed.get(task, 0) + int((~torch.isnan(feats[:, 0])).sum())
         sizes[task] = len(feats)
     return sum((computed[t] - sizes[t]) / sizes[t] for t in computed)
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> dict:
     reference = after + before
     print(f"run: {cfg.dataset.name} / {cfg.backbone.name} (pretrained={cfg.backbone.pretrained}) / "
           f"{cfg.method.name}, T = {num_tasks}, eval.cache={cfg.eval.cache}, FA {metrics['final_avg_acc']:.2f}, "
-          f"TII {metrics['tii_acc']:.2f}")
+          f"TII {metrics['tii_acc'] if metrics['tii_acc'] is None else round(metrics['tii_acc'], 2)}")
     if "prompt_changes" in metrics:
         print(f"prompt changes (samples re-run with a new prompt, metrics.json): {metrics['prompt_changes']}")
     print(f"prompt changes in test sets: {changes:.4f}")

@@ -39,3 +39,22 @@ def _stop_wandb_service():
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
     os.environ.pop("WANDB_SERVICE", None)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """``reference_run(method) -> (run_dir, metrics)``: the learning fixture (``tests/learning.py``) run once per
+    session and method, uninterrupted, in this process; shared by the tests that compare against it (golden
+    metrics, resume, data parallel, the contract). Read it, never write into its directory."""
+    from norga.engine.run import ContinualRun
+    from tests.learning import compose_cfg
+
+    runs: dict[str, tuple] = {}
+
+    def get(method: str = "norga"):
+        if method not in runs:
+            run_dir = tmp_path_factory.mktemp(f"reference_{method}")
+            runs[method] = run_dir, ContinualRun(compose_cfg([f"method={method}"]), run_dir).run()
+        return runs[method]
+
+    return get

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from norga.engine.run import ContinualRun
-from tests.learning import LEARN, PROCESSES_ATOL, assert_learns, assert_same_learned_state, compose_cfg, with_logger
+from tests.learning import PROCESSES_ATOL, assert_learns, assert_same_learned_state, fixture_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = ("acc_matrix", "acc_matrix_pre_tap", "tii_acc_matrix")
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("one")
-    metrics = ContinualRun(compose_cfg(), run_dir).run()
+@pytest.fixture
+def one_process(reference_run):
+    run_dir, metrics = reference_run("norga")
     assert_learns(metrics)
     return run_dir, metrics
 
@@ -29,7 +27,7 @@ def one_process(tmp_path_factory):
 def torchrun(processes: int, run_dir: Path) -> subprocess.CompletedProcess:
     launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     return subprocess.run([launcher, "--standalone", f"--nproc_per_node={processes}", "run.py",
-                           *with_logger(LEARN), f"hydra.run.dir={run_dir}"],
+                           *fixture_overrides(), f"hydra.run.dir={run_dir}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from norga.config import register
 from norga.engine.run import ContinualRun
-from tests.learning import CONF, compose_cfg
+from tests.learning import CONF
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -24,8 +24,8 @@ def assert_matches_golden(metrics: dict, name: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["norga", "hide"])
-def test_learning_fixture_matches_golden(method, tmp_path):
-    metrics = ContinualRun(compose_cfg([f"method={method}"]), tmp_path).run()
+def test_learning_fixture_matches_golden(method, reference_run):
+    _, metrics = reference_run(method)
     assert_matches_golden(metrics, f"{method}_learning_fixture.json")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from norga.engine.checkpoint import CorruptCheckpointError, load_checkpoint, save_atomic
-from tests.learning import LEARN, RESUME_ATOL, assert_learns, assert_same_learned_state, compose_cfg, with_logger
+from tests.learning import RESUME_ATOL, assert_learns, assert_same_learned_state, fixture_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = ("acc_matrix", "acc_matrix_pre_tap", "tii_acc_matrix", "final_avg_acc", "cum_avg_acc", "forgetting",
@@ -23,24 +23,21 @@ def launch(run_dir: Path, extra=(), crash_at=None, logger="none"):
     env = {k: v for k, v in os.environ.items() if k != "NORGA_CRASH_AT"}
     if crash_at:
         env["NORGA_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "run.py", *with_logger([*LEARN, f"logger={logger}"]),
+    return subprocess.run([sys.executable, "run.py", *fixture_overrides([f"logger={logger}"]),
                            f"hydra.run.dir={run_dir}", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture
+def uninterrupted(reference_run):
     """The reference: the same run, uninterrupted (in this process: the same code as ``run.py``)."""
-    from norga.engine.run import ContinualRun
-
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    metrics = ContinualRun(compose_cfg(), run_dir).run()
+    run_dir, metrics = reference_run("norga")
     assert_learns(metrics)
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("point", [
-    "task1/wtp_train/epoch1/step1",   # mid-epoch
+    # mid-epoch (in an epoch after the first, so the optimiser state matters) is in tests/test_contract.py
     "task1/wtp_train/start",          # between the TII and the WTP stages
     "task1/wtp_tap/epoch1",           # during TAP
     "task1/evaluate/test0",           # during evaluation
@@ -104,7 +101,7 @@ def test_non_finite_loss_stops_with_its_place_and_keeps_the_checkpoint(tmp_path,
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=with_logger(LEARN))
+        cfg = compose(config_name="config", overrides=fixture_overrides())
     monkeypatch.setattr(hide_prompt, "contrastive_loss", lambda *a: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"task 0 WTP epoch 1/2, step 0"):
         ContinualRun(cfg, tmp_path).run()

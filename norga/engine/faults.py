@@ -2,11 +2,14 @@
 
 Set ``NORGA_CRASH_AT`` to a point name (e.g. ``task1/wtp_train/epoch0/step2``, ``task1/wtp_tap/epoch3``,
 ``task1/wtp_train/start``, ``task1/evaluate/test0``, ``checkpoint/last.pt``) and the process SIGKILLs
-itself when it gets there, as a pre-empted cluster job would die. Unset, this costs one dict lookup.
+itself when it gets there, as a pre-empted cluster job would die. A pattern with ``*`` (``fnmatch``; ``*`` also
+matches ``/``) kills at the first point that matches: ``task1/*/step1`` is the second step of the first
+trained stage of task 1, whatever the learner calls its stages. Unset, this costs one dict lookup.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 
@@ -15,5 +18,6 @@ ENV = "NORGA_CRASH_AT"
 
 def maybe_crash(point: str) -> None:
     """SIGKILL this process if ``point`` is the configured crash point."""
-    if os.environ.get(ENV) == point:
+    target = os.environ.get(ENV)
+    if target is not None and (target == point or ("*" in target and fnmatch.fnmatchcase(point, target))):
         os.kill(os.getpid(), signal.SIGKILL)

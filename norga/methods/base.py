@@ -112,6 +112,13 @@ class Learner:
         for module in self.modules().values():
             module.eval()
 
+    def benchmark_step(self, task: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                                                 list[nn.Parameter]] | None:
+        """The loss function ``(x, y) -> loss`` of the learner's main training step for ``task`` and the
+        parameters it trains, as its training stage uses them (``benchmarks/step.py`` times it); None for a
+        learner that does not train."""
+        return None
+
     # ---- prediction (see the module docstring) -----------------------------------------------------------
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Features that no training changes: the frozen backbone's class token."""

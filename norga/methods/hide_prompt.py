@@ -209,22 +209,10 @@ class HiDePrompt(Learner):
         ctx.attach(optimizer)
         params = prompt_params + head_params
         momentum = method.prompt_momentum if task > 0 else 0.0
-        allowed = self.benchmark.class_mask(task)
-        means = self.wtp_statistics.mean_matrix(self.device)
-        reg, temperature = float(method.reg), float(method.contrastive_temperature)
         self.prompts.train()
         self.head.train()
-
-        def loss_fn(x, y):
-            feats = self.task_features(x, task, momentum)
-            loss = shard_cross_entropy(masked_logits(self.head(feats), allowed), y)
-            if reg:
-                # every rank computes the contrastive term over the whole global batch
-                loss = loss + reg * contrastive_loss(all_gather_with_grad(feats), means, temperature)
-            return loss
-
         # re-wrapped every task: the set of trainable parameters changes (alpha/tau freeze after task 0)
-        step = data_parallel({"prompts": self.prompts, "head": self.head}, loss_fn)
+        step = data_parallel({"prompts": self.prompts, "head": self.head}, self.wtp_loss(task, momentum))
 
         epochs = self.epochs(cfg.train.epochs)
         for epoch in range(ctx.start_epoch, epochs):
@@ -239,6 +227,28 @@ class HiDePrompt(Learner):
             ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
         if epochs == 0:
             self.prompts.commit_momentum(task, momentum)
+
+    def wtp_loss(self, task: int, momentum: float):
+        """The WTP loss of a batch of task ``task``: masked cross-entropy plus ``reg`` times the contrastive term
+        over the stored class means and the (global) batch's features."""
+        method = self.method
+        allowed = self.benchmark.class_mask(task)
+        means = self.wtp_statistics.mean_matrix(self.device)
+        reg, temperature = float(method.reg), float(method.contrastive_temperature)
+
+        def loss_fn(x, y):
+            feats = self.task_features(x, task, momentum)
+            loss = shard_cross_entropy(masked_logits(self.head(feats), allowed), y)
+            if reg:
+                # every rank computes the contrastive term over the whole global batch
+                loss = loss + reg * contrastive_loss(all_gather_with_grad(feats), means, temperature)
+            return loss
+
+        return loss_fn
+
+    def benchmark_step(self, task: int):
+        params = [p for m in (self.prompts, self.head) for p in m.parameters() if p.requires_grad]
+        return self.wtp_loss(task, self.method.prompt_momentum if task > 0 else 0.0), params
 
     @torch.no_grad()
     def wtp_stats(self, ctx: StageContext) -> None:

@@ -111,6 +111,31 @@ class KeyQueryLearner(Learner):
             ids = majority_selection(all_gather_cat(ids)).to(query.device).expand(b, -1)
         return ids
 
+    def train_loss(self, task: int):
+        """The loss of a training batch of task ``task``: cross-entropy over the task's classes, minus
+        ``pull_coeff`` times the mean summed cosine between the queries and their selected keys."""
+        allowed = self.benchmark.class_mask(task)
+        pull = float(self.method.pull_coeff)
+
+        def loss_fn(x, y):
+            query = self.backbone_features(x)
+            ids = self.train_selection(query, task)
+            loss = shard_cross_entropy(masked_logits(self.head(self.prompted_features(x, ids)), allowed), y)
+            if pull:
+                loss = loss - pull * shard_mean(self.keys.pull(query, ids))
+            return loss
+
+        return loss_fn
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The modules the training stage optimises (the keys only while the pull term is on)."""
+        if self.method.pull_coeff:
+            return self.modules()
+        return {k: v for k, v in self.modules().items() if k != "prompt_keys"}
+
+    def benchmark_step(self, task: int):
+        return self.train_loss(task), [p for m in self.trained_modules().values() for p in m.parameters()]
+
     def schedule(self, task: int):
         scheduler = self.cfg.scheduler
         if scheduler.get("first_task_only") and task > 0:
@@ -122,24 +147,13 @@ class KeyQueryLearner(Learner):
         cfg, m, task = self.cfg, self.method, ctx.task
         if task > 0 and ctx.start_epoch == 0 and m.shared_prompt_pool:
             self.copy_prompts(self.task_slots(task - 1), self.task_slots(task))
-        trained = self.modules() if m.pull_coeff else {k: v for k, v in self.modules().items() if k != "prompt_keys"}
+        trained = self.trained_modules()
         params = [p for module in trained.values() for p in module.parameters()]
         optimizer = build_optimizer(cfg.optimizer, [(params, scaled_lr(cfg.optimizer.lr, cfg.train.batch_size))])
         ctx.attach(optimizer)
-        allowed = self.benchmark.class_mask(task)
-        pull = float(m.pull_coeff)
         for module in self.modules().values():
             module.train()
-
-        def loss_fn(x, y):
-            query = self.backbone_features(x)
-            ids = self.train_selection(query, task)
-            loss = shard_cross_entropy(masked_logits(self.head(self.prompted_features(x, ids)), allowed), y)
-            if pull:
-                loss = loss - pull * shard_mean(self.keys.pull(query, ids))
-            return loss
-
-        step = data_parallel(trained, loss_fn)
+        step = data_parallel(trained, self.train_loss(task))
         epochs = self.epochs(cfg.train.epochs)
         for epoch in range(ctx.start_epoch, epochs):
             gen = ctx.seed_epoch(epoch)
