@@ -44,6 +44,10 @@ class BackboneConfig:
     # Read a checkpoint that needs pickled objects besides tensors (torch.load weights_only=False): this runs
     # code stored in the file, so only for files from a trusted source.
     trust_checkpoint: bool = False
+    # Reproduce the reference's MoCo v3 build (fc_norm=True): the trained final norm is discarded, features are
+    # the raw last-block class token, and every head gets a fresh trainable LayerNorm in front
+    # (docs/algorithm.md#moco-v3-final-norm-backbonereference_fc_norm). Off: the checkpoint's norm is used.
+    reference_fc_norm: bool = False
     source: str = ""
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -62,8 +66,8 @@ class SchedulerConfig(ScheduleConfig):
     by value, and every schedule is a per-epoch factor."""
 
     name: str = choice("constant", "constant", "step", "cosine")
-    # the reference's defect D3 (docs/algorithm.md#d3-step-schedule-that-only-reaches-task-0): the schedule
-    # runs in task 0 only, later tasks train at the base lr
+    # the reference's defect D3: the schedule runs in task 0 only, later tasks train at the base lr
+    # (docs/algorithm.md#d3-step-schedule-on-later-tasks-schedulerfirst_task_only)
     first_task_only: bool = False
 
 

@@ -1,4 +1,5 @@
-"""The gated prefix attention computes ALGORITHM.md's formula, on the fused and the explicit path."""
+"""The gated prefix attention computes the formula of docs/algorithm.md#prefix-attention-and-the-norga-gate, on
+the fused and the explicit path."""
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ HEAD_DIM = DIM // HEADS
 
 
 def formula(attn: PrefixAttention, x, pk, pv, gate, tau, alpha):
-    """ALGORITHM.md written out independently: [s + alpha*gate(tau*s), scale*q k^T] softmaxed together."""
+    """The formula written out independently: [s + alpha*gate(tau*s), scale*q k^T] softmaxed together."""
     qkv = attn.qkv(x).reshape(B, N, 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     scale = HEAD_DIM**-0.5

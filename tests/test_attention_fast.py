@@ -1,5 +1,6 @@
-"""Every fused prefix-attention implementation computes ALGORITHM.md's gated formula: exactly in fp32 (forward
-and all gradients, every gate), within bf16 rounding under bf16 autocast, inside a whole prompted ViT, under
+"""Every fused prefix-attention implementation computes the gated formula
+(docs/algorithm.md#prefix-attention-and-the-norga-gate): exactly in fp32 (forward and all gradients, every
+gate), within bf16 rounding under bf16 autocast, inside a whole prompted ViT, under
 torch.compile; and the per-device choice never silently changes numbers."""
 
 import logging
@@ -29,7 +30,7 @@ GATES = gate_names() + [None]
 
 
 def formula(attn: PrefixAttention, x, pk, pv, gate, tau, alpha):
-    """ALGORITHM.md written out in float64, independently of the module's code paths."""
+    """The formula written out in float64, independently of the module's code paths."""
     w, bias = attn.qkv.weight.double(), attn.qkv.bias.double()
     qkv = (x.double() @ w.T + bias).reshape(B, N, 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]

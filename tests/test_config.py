@@ -1,5 +1,5 @@
-"""Config composition: every paper row resolves to ALGORITHM.md's values; command-line choices win over
-presets; typos fail early with the valid options."""
+"""Config composition: every paper row resolves to the values of docs/algorithm.md#presets; command-line choices
+win over presets; typos fail early with the valid options."""
 
 import subprocess
 import sys

@@ -185,3 +185,29 @@ def test_tii_feature_cache_runs_the_backbone_once_per_task(tmp_path):
     learner.tii_stats(StageContext(0, "tii_stats", seed=42))
     assert sum(calls) == len(run.benchmark.train_set(0)), "one pass over the task's images, reused by statistics"
     assert len(learner.tii_statistics) == 5
+
+
+def test_reference_layout_statistics_use_the_references_per_class_shuffled_batches(tmp_path):
+    """In the reference layout a sample's statistics feature depends on its batch (the first half of a batch gets
+    (key, key) prefixes, the second (value, value)), so the statistics are computed from the reference's batches:
+    one shuffled loader per class of the task, batches of train.batch_size, the last one partial."""
+    run = make_run(tmp_path, ["method.prefix_layout=reference"])
+    learner = run.learner
+    seen = []
+    real = learner.extract_all
+
+    def spy(fn, loader, desc):
+        sampler = loader.batch_sampler
+        seen.append((loader.dataset.labels.unique().tolist(), sampler.shuffle, sampler.batch_size))
+        return real(fn, loader, desc)
+
+    learner.extract_all = spy
+    learner.wtp_stats(StageContext(0, "wtp_stats", seed=42))
+    classes = run.benchmark.task_classes[0]
+    assert seen == [([c], True, 32) for c in classes]
+    assert sorted(learner.wtp_statistics.means) == sorted(classes)
+    seen.clear()
+    per_sample = make_run(tmp_path / "p").learner
+    per_sample.extract_all = spy
+    per_sample.wtp_stats(StageContext(0, "wtp_stats", seed=42))
+    assert seen == [(sorted(classes), False, 32)], "per-sample prefixes: one pass in dataset order"

@@ -1,5 +1,5 @@
 """Prompt selection: per-sample prefixes are batch-independent; the reference layout mixes exactly as
-ALGORITHM.md describes; momentum and prompt copy follow the spec."""
+docs/algorithm.md#d1-prefix-layout-methodprefix_layout describes; momentum and prompt copy follow the spec."""
 
 import pytest
 import timm

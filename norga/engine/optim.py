@@ -1,7 +1,7 @@
 """Optimisers and per-epoch learning-rate schedules.
 
 Learning rates are scaled by the GLOBAL batch size / 256 (the reference scales by the per-GPU batch, so the
-GPU count changed the optimisation; ALGORITHM.md "Defect: learning rate follows the per-GPU batch").
+GPU count changed the optimisation; docs/algorithm.md#d4-learning-rate-and-gpu-count).
 """
 
 from __future__ import annotations

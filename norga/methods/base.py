@@ -177,10 +177,11 @@ class Learner:
         return shard_loader(dataset, self.batch_size, self.device, self.cfg.train.num_workers, shuffle=True,
                             generator=generator)
 
-    def statistics_loader(self, task: int, classes: list[int] | None = None):
+    def statistics_loader(self, task: int, classes: list[int] | None = None,
+                          generator: torch.Generator | None = None):
         """Task ``task``'s training images (or those of ``classes``) with the evaluation transform, in dataset
-        order. Every class must be present, so ``train.max_batches`` does not apply; ``train.max_stats_per_class``
-        (smoke tests) keeps the first images of each class instead."""
+        order (shuffled by ``generator`` when given). Every class must be present, so ``train.max_batches`` does
+        not apply; ``train.max_stats_per_class`` (smoke tests) keeps the first images of each class instead."""
         if classes is None:
             dataset = self.benchmark.train_set(task, augment=False)
         else:
@@ -190,7 +191,8 @@ class Learner:
             keep = [i for c in dataset.labels.unique().tolist()
                     for i in (dataset.labels == c).nonzero().flatten()[:limit].tolist()]
             dataset = Subset(dataset, sorted(keep))
-        return shard_loader(dataset, self.batch_size, self.device, self.cfg.train.num_workers)
+        return shard_loader(dataset, self.batch_size, self.device, self.cfg.train.num_workers,
+                            shuffle=generator is not None, generator=generator)
 
     def extract_all(self, fn: Callable[[torch.Tensor], torch.Tensor], loader,
                     desc: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from norga.methods.tap import train_on_statistics
 from norga.models.attention import configure_prefix_attention, describe_prefix_impl
 from norga.models.prompts import PromptPool
 from norga.models.tii import TIIHead
-from norga.models.vit import check_layers, head_geometry, init_linear
+from norga.models.vit import build_head, check_layers, head_geometry
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ class HiDePrompt(Learner):
         self.tii = TIIHead(dim, num_classes, list(method.tii.mlp_structure)).to(device)
         self.prompts = PromptPool(list(method.prompt_layers), num_tasks, method.prompt_length, heads, head_dim,
                                   gate=self.gate_name(), layout=method.prefix_layout).to(device)
-        self.head = nn.Linear(dim, num_classes).to(device)
-        init_linear(self.head)
+        self.head = build_head(dim, num_classes, cfg.backbone.get("reference_fc_norm", False)).to(device)
         self.tii_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
         self.wtp_statistics = ClassStatistics(method.statistics, method.n_centroids, cfg.seed)
         self._tii_features: tuple[int, torch.Tensor, torch.Tensor] | None = None
@@ -253,9 +252,18 @@ class HiDePrompt(Learner):
     @torch.no_grad()
     def wtp_stats(self, ctx: StageContext) -> None:
         task = ctx.task
-        ctx.seed_epoch()
-        feats, labels = self.extract_all(lambda x: self.task_features(x, task), self.statistics_loader(task),
-                                         f"task {task} WTP statistics")
+        generator = ctx.seed_epoch()
+        fn = lambda x: self.task_features(x, task)  # noqa: E731
+        if self.method.prefix_layout == "per_sample":
+            # a sample's features do not depend on its batch: one pass over the task in dataset order
+            feats, labels = self.extract_all(fn, self.statistics_loader(task), f"task {task} WTP statistics")
+        else:
+            # the reference's batches, which decide each sample's (key, key) / (value, value) prefixes in this
+            # layout: one shuffled loader per class, batches of train.batch_size, the last one partial
+            parts = [self.extract_all(fn, self.statistics_loader(task, [c], generator),
+                                      f"task {task} WTP statistics, class {c}")
+                     for c in self.benchmark.task_classes[task]]
+            feats, labels = torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
         self.wtp_statistics.fit(feats, labels)
         self._save_statistics(ctx, "wtp")
 

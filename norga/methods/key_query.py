@@ -23,7 +23,7 @@ from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner, tensor_digest
 from norga.models.keys import PromptKeys
-from norga.models.vit import head_geometry, init_linear
+from norga.models.vit import build_head, head_geometry
 
 
 class KeyQueryLearner(Learner):
@@ -48,8 +48,8 @@ class KeyQueryLearner(Learner):
                              f"prompts, method.pool_size is {self.pool_size}")
         self.keys = PromptKeys(self.pool_size, self.dim).to(device)
         self.build_prompts()
-        self.head = nn.Linear(self.dim, benchmark.num_classes).to(device)
-        init_linear(self.head)
+        self.head = build_head(self.dim, benchmark.num_classes,
+                               cfg.backbone.get("reference_fc_norm", False)).to(device)
         self.batchwise_prompt = bool(m.batchwise_prompt)
 
     def build_prompts(self) -> None:
@@ -91,7 +91,8 @@ class KeyQueryLearner(Learner):
         return tensor_digest(*self.prompt_tensors(selection))
 
     def logits(self, features: torch.Tensor, upto_task: int) -> torch.Tensor:
-        # over all classes, as the reference (docs/algorithm.md#d10-matching-over-untrained-keys)
+        # over all classes, as the reference
+        # (docs/algorithm.md#d10-untrained-keys-and-unseen-classes-at-test-methodmatch_seen_keys)
         return self.head(features)
 
     # ---- training ----------------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ class MethodConfig:
     name: str = MISSING
     # NoRGa's gate on the prefix logits (conf/gate); every other method refuses one with a clear error
     gate: str | None = None
-    # the whole evaluation batch uses its most frequent selection (docs/algorithm.md#d2-test-time-batchwise-
-    # selection): presets set it where the reference does; the per-sample result is always reported too
+    # the whole evaluation batch uses its most frequent selection; presets set it where the reference does, and
+    # the per-sample result is reported too (docs/algorithm.md#d2-batchwise-selection-at-test-methodbatchwise_prompt)
     batchwise_prompt: bool = False
 
 
@@ -99,7 +99,7 @@ class HiDePromptConfig(MethodConfig):
     reg: float = at_least(0.0, 0.1)
     contrastive_temperature: float = positive(0.8)
     # per_sample: correct prefix tuning. reference: the reference code's batch-mixing layout
-    # (docs/algorithm.md#d1-prefix-keyvalue-mixing-across-the-batch)
+    # (docs/algorithm.md#d1-prefix-layout-methodprefix_layout)
     prefix_layout: str = choice("per_sample", *PREFIX_LAYOUTS)
     statistics: str = choice("covariance", "covariance", "variance", "multi_centroid")
     n_centroids: int = positive(10)

@@ -11,7 +11,7 @@ A checkpoint file is described declaratively by its *format* (the node's ``forma
   ``.npz``/``.pth``/``.safetensors`` given as ``backbone.checkpoint``), checked just as strictly.
 
 The reference code kept only checkpoint keys that happened to match the model, so a renamed checkpoint
-silently trained on random weights (ALGORITHM.md, "Backbones"); here a mismatch stops the run.
+silently trained on random weights (docs/algorithm.md#d9-silent-checkpoint-mismatch); here a mismatch stops the run.
 
 Files are read with ``torch.load(weights_only=True)``: a file that needs other pickled objects is refused
 (:class:`UntrustedCheckpointError`) unless the node sets ``trust_checkpoint: true``; a damaged one raises

@@ -2,8 +2,9 @@
 
 Prompts are stored as ``(layers, 2 [key, value], tasks, length, heads, head_dim)`` and initialised
 uniform(-1, 1); the gate parameters as ``(layers, 2, 1, 1)`` with index 0 = tau and 1 = alpha, initialised
-to 1 (ALGORITHM.md). Turning prompt ids into per-layer :class:`Prefix` objects is where the reference
-code's batch-mixing defect lives, so both layouts are implemented here side by side.
+to 1 (docs/algorithm.md#prompts-shape-initialisation-copy-and-momentum). Turning prompt ids into per-layer
+:class:`Prefix` objects is where the reference code's batch-mixing defect lives, so both layouts are implemented
+here side by side.
 """
 
 from __future__ import annotations

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from omegaconf import DictConfig
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from norga.models.attention import Prefix, PrefixAttention, PrefixBlock
+
+log = logging.getLogger(__name__)
 
 
 def build_frozen_backbone(cfg: DictConfig) -> VisionTransformer:
@@ -17,6 +21,13 @@ def build_frozen_backbone(cfg: DictConfig) -> VisionTransformer:
     model = build_backbone(cfg, block_fn=PrefixBlock, num_classes=0)
     if not isinstance(model.blocks[0].attn, PrefixAttention):
         raise TypeError(f"backbone {cfg.name!r} was not built with prefix attention blocks")
+    if cfg.get("reference_fc_norm"):
+        # the reference builds MoCo v3 with fc_norm=True: its final norm is an Identity (the checkpoint's trained
+        # norm, loaded and checked above, is thrown away) and features are the raw last-block class token; the
+        # fresh LayerNorm it puts before the heads belongs to the learners (build_head)
+        model.norm = nn.Identity()
+        log.info("backbone %s: final norm discarded, features are the raw class token "
+                 "(backbone.reference_fc_norm=true, as the reference builds MoCo v3)", cfg.name)
     model.requires_grad_(False)
     return model.eval()
 
@@ -61,6 +72,14 @@ def check_layers(key: str, layers, vit: VisionTransformer) -> list[int]:
     if len(set(layers)) != len(layers):
         raise ValueError(f"{key} {layers} lists a block twice")
     return layers
+
+
+def build_head(dim: int, num_classes: int, fc_norm: bool = False) -> nn.Module:
+    """A linear classifier over all classes (timm's initialisation); with ``fc_norm`` a fresh LayerNorm in front
+    that trains with it (``backbone.reference_fc_norm``: the reference's MoCo v3 build)."""
+    linear = nn.Linear(dim, num_classes)
+    init_linear(linear)
+    return nn.Sequential(nn.LayerNorm(dim, eps=1e-6), linear) if fc_norm else linear
 
 
 def head_geometry(vit: VisionTransformer) -> tuple[int, int, int]:
