@@ -126,3 +126,46 @@ def test_dataset_root_reaches_the_loader():
     cfg = compose_cfg(["dataset=cub", "dataset.root=/data/cub"])
     assert cfg.dataset.source.root == "/data/cub"
     assert compose_cfg(["dataset=imr", "paths.data_dir=/d"]).dataset.source.root == "/d"
+
+
+# docs/algorithm.md#baseline-hyperparameters: method -> dataset -> (epochs, schedule, prompt length, pool, top_k,
+# pull coefficient, batchwise at test, G-prompt length); epochs as the reference's scripts pass them
+# (5-Datasets with Sup-21K: 40)
+BASELINE = {
+    "l2p": {"cifar100": (10, "constant", 5, 30, 5, 0.1, True, None), "imr": (50, "constant", 5, 30, 5, 0.1, True, None),
+            "cub": (50, "step", 5, 30, 5, 0.1, True, None),
+            "five_datasets": (20, "constant", 10, 20, 4, 0.5, True, None)},
+    "dualprompt": {"cifar100": (20, "constant", 20, None, 1, 1.0, False, 5),
+                   "imr": (50, "constant", 20, None, 1, 1.0, False, 5),
+                   "cub": (50, "step", 20, None, 1, 1.0, False, 5),
+                   "five_datasets": (20, "constant", 40, None, 1, 0.5, True, 10)},
+    "sprompt": {"cifar100": (20, "constant", 20, None, 1, 1.0, True, None),
+                "imr": (50, "constant", 20, None, 1, 1.0, False, None),
+                "cub": (50, "step", 20, None, 1, 1.0, False, None),
+                "five_datasets": (20, "constant", 40, None, 1, 0.5, True, None)},
+}
+BASELINE_ROWS = [(d, b) for d in ("cifar100", "imr") for b in ("sup21k", "ibot21k", "ibot", "dino", "mocov3")] + [
+    (d, b) for d in ("cub", "five_datasets") for b in ("sup21k", "ibot21k")]
+
+
+@pytest.mark.parametrize("method", list(BASELINE))
+@pytest.mark.parametrize(("d", "b"), BASELINE_ROWS, ids=[f"{d}-{b}" for d, b in BASELINE_ROWS])
+def test_baseline_rows_compose_to_the_reference_scripts_values(method, d, b):
+    epochs, sched, length, pool, top_k, pull, batchwise, g_length = BASELINE[method][d]
+    if d == "five_datasets" and b == "sup21k":
+        epochs = 40
+    cfg = compose_cfg([f"dataset={d}", f"backbone={b}", f"method={method}"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.clip_grad) == (epochs, 128, 1.0)
+    assert (cfg.optimizer.lr, cfg.optimizer.larger_prompt_lr, cfg.scheduler.name) == (0.005, False, sched)
+    assert not cfg.scheduler.first_task_only, "the reference's D3 is a switch, off in presets"
+    m = cfg.method
+    assert (m.prompt_length, m.pool_size, m.top_k, m.pull_coeff, m.batchwise_prompt) == (
+        length, pool, top_k, pull, batchwise)
+    if method == "l2p":
+        assert m.prompt_layers == [0] and m.train_batchwise and not m.prompt_mask
+    else:
+        assert m.prompt_mask and m.shared_prompt_pool and m.prefix_layout == "per_sample"
+        assert m.prompt_layers == ([2, 3, 4] if method == "dualprompt" else [0, 1, 2, 3, 4])
+        assert m.g_prompt_layers == ([0, 1] if method == "dualprompt" else [])
+        if g_length is not None:
+            assert m.g_prompt_length == g_length
