@@ -169,6 +169,16 @@ class SPromptConfig(DualPromptConfig):
     prompt_layers: list[int] = layers(0, 1, 2, 3, 4)
 
 
+# ---- frozen-feature baselines: SimpleCIL --------------------------------------------------------------------
+@dataclass
+class SimpleCILConfig(MethodConfig):
+    """Class-mean prototypes of frozen features, cosine nearest mean (docs/algorithm.md#simplecil); no training,
+    nothing to set."""
+
+    _target_: str = "norga.methods.simplecil.SimpleCIL"
+    name: str = "simplecil"
+
+
 #: schema name (``/schema/method/<name>``) -> dataclass
 METHOD_SCHEMAS: dict[str, type] = {
     "hide": HiDePromptConfig,
@@ -176,4 +186,5 @@ METHOD_SCHEMAS: dict[str, type] = {
     "l2p": L2PConfig,
     "dualprompt": DualPromptConfig,
     "sprompt": SPromptConfig,
+    "simplecil": SimpleCILConfig,
 }
