@@ -112,6 +112,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: Any = field(default_factory=lambda: {"_target_": "norga.engine.logging.NullLogger"})
+    # None for a continual run; "joint" (set by `+bound=joint`, conf/bound/joint.yaml) for the upper bound
+    # trained on all classes as one task, which the report labels and compares the continual rows with
+    bound: str | None = None
 
 
 # Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the

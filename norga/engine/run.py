@@ -209,6 +209,7 @@ class ContinualRun:
             "backbone": self.cfg.backbone.name,
             "method": self.cfg.method.name,
             "gate": self.cfg.method.get("gate"),
+            "bound": self.cfg.get("bound"),
             "seed": self.cfg.seed,
             "num_tasks": self.benchmark.num_tasks,
             "tasks_done": len(self.acc),

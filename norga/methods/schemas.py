@@ -169,6 +169,50 @@ class SPromptConfig(DualPromptConfig):
     prompt_layers: list[int] = layers(0, 1, 2, 3, 4)
 
 
+# ---- frozen-feature baselines: SimpleCIL, RanPAC --------------------------------------------------------------
+@dataclass
+class SimpleCILConfig(MethodConfig):
+    """Class-mean prototypes of frozen features, cosine nearest mean (docs/algorithm.md#simplecil); no training,
+    nothing to set."""
+
+    _target_: str = "norga.methods.simplecil.SimpleCIL"
+    name: str = "simplecil"
+
+
+def ridge_grid() -> list[float]:
+    return [10.0**k for k in range(-8, 9)]
+
+
+@dataclass
+class AdaptationConfig:
+    """RanPAC's first-session adaptation: AdaptFormer adapters parallel to every block's MLP, trained on task 0
+    with a cosine head, then frozen (the authors' CIFAR-100 setting)."""
+
+    epochs: int = at_least(0, 20)
+    lr: float = positive(0.01)  # not scaled by the batch size (the authors' value, at batch 48)
+    momentum: float = at_least(0.0, 0.9)
+    weight_decay: float = at_least(0.0, 5e-4)
+    min_lr: float = at_least(0.0, 0.0)  # the cosine annealing's floor
+    bottleneck: int = positive(64)
+    dropout: float = field(default=0.1, metadata={"min": 0.0, "max_exclusive": 1.0})
+    scale: float = positive(0.1)
+
+
+@dataclass
+class RanPACConfig(MethodConfig):
+    """Random projection + ReLU of frozen features and a ridge head solved in closed form
+    (docs/algorithm.md#ranpac)."""
+
+    _target_: str = "norga.methods.ranpac.RanPAC"
+    name: str = "ranpac"
+    projection_dim: int = positive(10000)  # M, the projection's width; G is M x M float64
+    ridge_grid: list[float] = field(default_factory=ridge_grid, metadata={"min_items": 1, "min_exclusive": 0})
+    # a task's first share of (seeded, shuffled) samples fits each candidate ridge, the rest validates it
+    ridge_fit_fraction: float = field(default=0.8, metadata={"min_exclusive": 0.0, "max_exclusive": 1.0})
+    first_session_adaptation: bool = False
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+
+
 #: schema name (``/schema/method/<name>``) -> dataclass
 METHOD_SCHEMAS: dict[str, type] = {
     "hide": HiDePromptConfig,
@@ -176,4 +220,6 @@ METHOD_SCHEMAS: dict[str, type] = {
     "l2p": L2PConfig,
     "dualprompt": DualPromptConfig,
     "sprompt": SPromptConfig,
+    "simplecil": SimpleCILConfig,
+    "ranpac": RanPACConfig,
 }
