@@ -20,11 +20,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python run.py $(ARGS)
 
+# one worker per core (at most 4), tests that share a reference run on the same worker
+PYTEST_PARALLEL := -n auto --maxprocesses=4 --dist loadgroup
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q --runslow
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --runslow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,10 @@
-"""Shared test set-up: slow tests are opt-in (``--runslow``); Hydra's global state is cleared per test."""
+"""Shared test set-up: slow tests are opt-in (``--runslow``); Hydra's global state is cleared per test.
+
+Under pytest-xdist (``make test`` runs ``-n auto``) every worker and the processes its tests start use one
+intra-op thread: two workers of two threads each on two cores run many times slower than one (OpenMP threads
+spin), and the suite's numbers are the same with one thread (tests/test_golden.py holds them). Tests that share
+a ``reference_run`` of a method are kept on one worker, so each reference run is computed once.
+"""
 
 import os
 import sys
@@ -13,7 +19,19 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "reference_run" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("xdist_group"):
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            item.add_marker(pytest.mark.xdist_group(f"reference_{params.get('method', 'norga')}"))
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")

@@ -117,6 +117,7 @@ def test_finished_tasks_prompts_keys_and_head_rows_stay_bit_identical(method, re
             "the G-prompt trains on every task"
 
 
+@pytest.mark.xdist_group("reference_l2p")
 def test_l2p_head_rows_of_finished_tasks_stay_bit_identical(reference_run, tmp_path):
     (after_0, after_1), _ = states_after_each_task(reference_run, "l2p")
     old = build(tmp_path, "l2p").benchmark.task_classes[0]
