@@ -1,19 +1,38 @@
 """Structured config schemas: Hydra checks every composed config against these, so a misspelt key in a
 YAML file or on the command line fails at compose time with the valid keys listed.
 
-The groups' YAML files (``conf/``) fill these nodes; presets (``conf/preset``) only set values.
+The groups' YAML files (``conf/``) fill these nodes; presets (``conf/preset``) only set values. Field
+metadata (``min``, ``min_exclusive``, ``max``, ``choices``, ``pattern``, ``min_items``; see
+:mod:`norga.methods.schemas`) states what a value may be; :func:`validate` checks a composed config against
+it, and against keys added with ``+key=`` that no schema knows, before anything is built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import Field, dataclass, field, fields, is_dataclass
 from importlib import resources
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, choice
+from norga.errors import ConfigError
+from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choice, positive
+
+# The prefix-attention kernels (norga.models.attention.PREFIX_IMPLS, which imports torch: composing a config
+# must not) and the precisions of train.precision.
+ATTENTION_KERNELS = ("auto", "explicit", "sdpa_mask", "lse_merge", "augmented", "flex")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+
+
+def matching(regex: str, default: Any, means: str) -> Any:
+    """A string field that must match ``regex`` in full; ``means`` says which values that is, for messages."""
+    return field(default=default, metadata={"pattern": regex, "means": means})
 
 
 @dataclass
@@ -27,7 +46,7 @@ class PathsConfig:
 class DatasetConfig:
     name: str = MISSING
     root: str = "data"  # the folder that holds the dataset (default paths.data_dir)
-    num_tasks: int = MISSING
+    num_tasks: int = positive(MISSING)
     shuffle: bool = True
     source: Any = MISSING  # {_target_: loader function, root, download, ...}
 
@@ -37,7 +56,7 @@ class BackboneConfig:
     name: str = MISSING
     arch: str = MISSING
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    img_size: int = 224
+    img_size: int = positive(224)
     pretrained: bool = True
     checkpoint: str | None = None
     format: Any = None  # {_target_: norga.models.checkpoint_formats.<Format>, ...}
@@ -49,13 +68,14 @@ class BackboneConfig:
     # (docs/algorithm.md#moco-v3-final-norm-backbonereference_fc_norm). Off: the checkpoint's norm is used.
     reference_fc_norm: bool = False
     source: str = ""
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5], metadata={"min_items": 1})
+    # images are divided by it
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5], metadata={"min_items": 1, "min_exclusive": 0})
 
 
 @dataclass
 class OptimizerConfig:
-    lr: float = 0.03
+    lr: float = positive(0.03)  # a negative lr trains by gradient ascent
     larger_prompt_lr: bool = False
     partial: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True})
 
@@ -73,17 +93,20 @@ class SchedulerConfig(ScheduleConfig):
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128  # global batch: the lr scaling (batch / 256) uses it
-    clip_grad: float | None = 1.0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | tf32 | bf16
-    num_workers: int = 0
-    max_batches: int | None = None  # per training epoch; for smoke tests
-    max_epochs: int | None = None  # caps the epochs of every stage of every method; for smoke tests
-    max_stats_per_class: int | None = None  # images per class for class statistics; for smoke tests
-    # prefix attention kernel: auto (per device) | explicit | sdpa_mask | lse_merge | augmented | flex;
-    # every choice is checked against the explicit formula on the device before the run starts
-    attention: str = "auto"
+    epochs: int = positive(5)
+    batch_size: int = positive(128)  # global batch: the lr scaling (batch / 256) uses it
+    clip_grad: float | None = positive(1.0)  # null: no clipping
+    precision: str = choice("auto", *PRECISIONS)  # auto: bf16 on CUDA, fp32 on CPU
+    num_workers: int = at_least(0, 0)
+    max_batches: int | None = positive(None)  # per training epoch; for smoke tests
+    max_epochs: int | None = positive(None)  # caps the epochs of every stage of every method; for smoke tests
+    max_stats_per_class: int | None = positive(None)  # images per class for class statistics; for smoke tests
+    # prefix attention kernel (auto: per device); every choice is checked against the explicit formula on the
+    # device before the run starts
+    attention: str = choice("auto", *ATTENTION_KERNELS)
+    # intra-op threads of this process; null: its share of the CPU cores (the cores divided by the jobs a
+    # launcher runs side by side and by the processes of a torchrun), norga.engine.threads
+    threads: int | None = positive(None)
     # torch.compile of the ViT forward (training and evaluation). Off by default: on CPU it does not pay
     # (about 1.0x at ViT-B size, 30+ s to compile); it has not been measured on a GPU yet.
     compile: bool = False
@@ -91,15 +114,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 128
+    batch_size: int = positive(128)
     cache: bool = True  # reuse frozen backbone / finished-prompt features across evaluations
-    max_samples_per_task: int | None = None  # for smoke tests
+    max_samples_per_task: int | None = positive(None)  # for smoke tests
 
 
 @dataclass
 class RunConfig:
-    seed: int = 42
-    device: str = "auto"
+    seed: int = at_least(0, 42)  # NumPy's seeding takes no negative numbers
+    device: str = matching(r"auto|cpu|mps|cuda(:\d+)?", "auto", "auto, cpu, mps, cuda or cuda:<index>")
     resume: bool = False
     progress: bool = True
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -119,12 +142,29 @@ class RunConfig:
 
 # Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the
 # report does not split rows by them.
-RESULT_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "eval.cache")
+RESULT_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "train.threads",
+                    "eval.cache")
 
 
 def asset_path(name: str) -> str:
     """Path of a file shipped in ``norga/assets`` (the ``${pkg_asset:<file>}`` resolver)."""
     return str(resources.files("norga") / "assets" / name)
+
+
+_DIRNAME_LIMIT = 200  # characters; a folder name may have 255 bytes, and the job number comes before it
+
+
+def safe_dirname(text: str) -> str:
+    """Hydra's ``override_dirname`` as one folder name (the ``${safe_dirname:...}`` resolver): a path-valued
+    override keeps the last part of its path (``backbone.checkpoint=/w/vit.pth`` -> ``backbone.checkpoint=
+    vit.pth``), so no job folder is a tree of directories; an over-long name is cut and ends in a hash of the
+    whole, so it stays unique."""
+    text = re.sub(r"[\\/]+(?=,|\]|$)", "", str(text))  # trailing separators of a value
+    text = re.sub(r"(?:[^,=\[\]\\/]*[\\/])+", "", text)  # the directories of each value
+    if len(text.encode()) > _DIRNAME_LIMIT:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        text = text.encode()[: _DIRNAME_LIMIT - 11].decode(errors="ignore") + "-" + digest
+    return text
 
 
 def register() -> None:
@@ -135,3 +175,124 @@ def register() -> None:
         store.store(group="schema/method", name=name, node=schema)
     if not OmegaConf.has_resolver("pkg_asset"):
         OmegaConf.register_new_resolver("pkg_asset", asset_path)
+    if not OmegaConf.has_resolver("safe_dirname"):
+        OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
+
+
+# ---- validation ---------------------------------------------------------------------------------------------
+_FIX = ("Fix it on the command line (key=value) or in the config file that sets it (python run.py --info "
+        "defaults-tree lists the files; python run.py --cfg job prints the composed config). Nothing was built "
+        "or written.")
+
+
+def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
+    """Raise :class:`ConfigError` naming every value of ``cfg`` that its schema's field metadata rules out and
+    every key no schema declares (added with ``+key=``); ``overrides`` (the command line) say which problems
+    came from it. Cheap and import-light: run it before anything is built."""
+    problems = list(config_problems(cfg))
+    if problems:
+        raise ConfigError(problem_report(problems, overrides))
+
+
+def config_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
+    """``(dotted key, what is wrong)`` for each problem of ``cfg``, walking every node whose type is a schema
+    dataclass (``OmegaConf.get_type``); untyped nodes (``_target_`` dicts) belong to their targets."""
+    yield from _walk(cfg, "")
+
+
+def problem_report(problems: list[tuple[str, str]], overrides: Iterable[str] = ()) -> str:
+    """The paragraph of a :class:`ConfigError`: one line per problem, then how to fix it."""
+    head = "the config has a problem" if len(problems) == 1 else f"the config has {len(problems)} problems"
+    return f"{head}:\n{problem_lines(problems, overrides)}\n{_FIX}"
+
+
+def problem_lines(problems: list[tuple[str, str]], overrides: Iterable[str] = ()) -> str:
+    """One indented line per problem, naming the command-line override it came from, if any."""
+    given = [(str(o).partition("=")[0].lstrip("+~"), str(o)) for o in overrides if "=" in str(o)]
+    lines = []
+    for key, text in problems:
+        source = next((o for k, o in given if k == key or k.startswith(key + ".")), None)
+        lines.append(f"  {key}: {text}" + (f" (command line: {source})" if source else ""))
+    return "\n".join(lines)
+
+
+def unknown_key(key: str, schema: type, prefix: str = "") -> str:
+    """What to say about ``key``, which ``schema`` (a dataclass, the node at ``prefix``) does not declare: the
+    closest keys it does."""
+    known = [f.name for f in fields(schema) if not f.name.startswith("_")]
+    close = [prefix + k for k in difflib.get_close_matches(key, known, n=3, cutoff=0.6)]
+    if close:
+        return f"no such key in {schema.__name__}; did you mean {' or '.join(close)}?"
+    return f"no such key in {schema.__name__}; its keys are {', '.join(known)}"
+
+
+def explain_compose_error(err: BaseException) -> str | None:
+    """A norga message for Hydra's failure to override a key no schema has, or None for other errors.
+
+    Hydra answers ``train.epoch=3`` with "To append to your config use +train.epoch=3": a key that no schema
+    declares is never what a run wants (norga refuses it), so the message names the closest real keys."""
+    cause = err.__cause__
+    schema = getattr(cause, "object_type", None)
+    key, full_key = getattr(cause, "key", None), getattr(cause, "full_key", None)
+    if not str(err).startswith("Could not override") or not is_dataclass(schema) or not key or not full_key:
+        return None
+    prefix = str(full_key)[: -len(str(key))]
+    return problem_report([(str(full_key), unknown_key(str(key), schema, prefix))])
+
+
+def _walk(node: DictConfig, prefix: str) -> Iterator[tuple[str, str]]:
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    declared = {f.name: f for f in fields(schema)}
+    for key in node.keys():
+        if key not in declared and not (prefix == "" and key == "hydra"):
+            yield f"{prefix}{key}", unknown_key(str(key), schema, prefix)
+    for name, spec in declared.items():
+        if name not in node or OmegaConf.is_missing(node, name):
+            continue
+        try:
+            value = node[name]
+        except Exception:  # noqa: BLE001 - an interpolation that does not resolve is reported where it is used
+            continue
+        if isinstance(value, DictConfig):
+            yield from _walk(value, f"{prefix}{name}.")
+        elif spec.metadata:
+            problem = _check(value, spec)
+            if problem:
+                yield f"{prefix}{name}", problem
+
+
+def _check(value: Any, spec: Field) -> str | None:
+    rules = spec.metadata
+    if value is None:
+        return None
+    if isinstance(value, ListConfig | list | tuple):
+        if len(value) < rules.get("min_items", 0):
+            return f"{list(value)} needs at least {rules['min_items']} item(s)"
+        for item in value:
+            problem = _check_scalar(item, rules)
+            if problem:
+                return f"{list(value)}: item {problem}"
+        return None
+    return _check_scalar(value, rules)
+
+
+def _check_scalar(value: Any, rules: dict) -> str | None:
+    if "choices" in rules and value not in rules["choices"]:
+        options = ", ".join(str(c) for c in rules["choices"] if c is not None)
+        return f"{value!r} is not an option; choose one of {options}"
+    if "pattern" in rules and not (isinstance(value, str) and re.fullmatch(rules["pattern"], value)):
+        return f"{value!r} is not one of {rules.get('means', rules['pattern'])}"
+    bounds = [k for k in ("min", "min_exclusive", "max") if k in rules]
+    if not bounds or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value):
+        return f"{value} must be a finite number"
+    if "min" in rules and value < rules["min"]:
+        return f"{value} must be >= {rules['min']}"
+    if "min_exclusive" in rules and value <= rules["min_exclusive"]:
+        return f"{value} must be > {rules['min_exclusive']}"
+    if "max" in rules and value > rules["max"]:
+        return f"{value} must be <= {rules['max']}"
+    return None

@@ -31,7 +31,7 @@ from tests.fake_datasets import (
 )
 
 # loader, the path the message must name (relative to root), a fragment of its source URL,
-# whether dataset.download=true can fetch it
+# whether dataset.source.download=true can fetch it
 CASES = [
     (load_cifar100, "cifar-100-python", "cifar-100-python.tar.gz", True),
     (load_cifar10, "cifar-10-batches-py", "cifar-10-python.tar.gz", True),
@@ -58,7 +58,8 @@ def test_missing_dataset_message(tmp_path, loader, expected, url, downloadable):
     assert url in msg
     assert "Expected layout" in msg
     assert "NORGA_DATA_DIR" in msg and "paths.data_dir=" in msg
-    assert ("dataset.download=true" in msg) == downloadable
+    assert ("dataset.source.download=true" in msg) == downloadable
+    assert "dataset.download=" not in msg  # not a key: the loader's flag lives under dataset.source
     assert list(root.iterdir()) == []  # failed before writing anything
 
 

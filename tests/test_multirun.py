@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from norga.engine.threads import cpu_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["progress=false", "backbone.pretrained=false", "dataset.num_tasks=2", "train.epochs=1", "train.max_epochs=1",
         "train.batch_size=16", "train.max_batches=2",
@@ -24,9 +26,11 @@ def test_two_seed_joblib_multirun_with_offline_wandb_then_report(tmp_path):
     # one folder per row, one sub-folder per job named by its overrides
     assert names[0].startswith("digits_tiny_norga/0_") and "seed=40" in names[0]
     assert names[1].startswith("digits_tiny_norga/1_") and "seed=42" in names[1]
+    share = max(1, cpu_cores() // 2)  # two jobs side by side share the cores
     for path, seed in zip(runs, (40, 42)):
         metrics = json.loads(path.read_text())
         assert metrics["finished"] and metrics["seed"] == seed
+        assert f"threads: {share} " in (path.parent / "run.log").read_text()
         offline = list((path.parent / "wandb").glob("offline-run-*"))
         assert len(offline) == 1, "one offline W&B run per job, inside the job's folder"
         assert list(offline[0].glob("run-*.wandb")), "the W&B run log"

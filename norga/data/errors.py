@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
+from norga.errors import NorgaError
+
 ROOT_HINT = (
     "Point norga at the folder that holds it with dataset.root=/path/to/data "
     "(or paths.data_dir=/path/to/data, or the NORGA_DATA_DIR environment variable)."
 )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FileNotFoundError, NorgaError):
     """A dataset's files are missing under ``root``; the message says what to put where."""
 
 
@@ -27,7 +29,7 @@ def dataset_not_found(
     """Build (not raise) the error for a missing dataset.
 
     ``tree`` is a short layout sketch relative to ``root``; ``missing`` lists the files not found;
-    ``torchvision_download`` says whether ``dataset.download=true`` can fetch it.
+    ``torchvision_download`` says whether ``dataset.source.download=true`` can fetch it.
     """
     missing = list(missing)
     lines = [f"{name} not found: expected {os.fspath(expected)}"]
@@ -38,14 +40,14 @@ def dataset_not_found(
     lines.extend("  " + line for line in tree.strip("\n").splitlines())
     lines.append(f"The files come from {url}")
     if torchvision_download:
-        lines.append("Or let torchvision download and verify them with dataset.download=true.")
+        lines.append("Or let torchvision download and verify them with dataset.source.download=true.")
     else:
         lines.append("There is no automatic download for it: fetch it by hand and unpack it as shown.")
     lines.append(ROOT_HINT)
     return DatasetNotFoundError("\n".join(lines))
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(ValueError, NorgaError):
     """A dataset file is there but does not hold what its loader expects; the message names the file, what
     was expected and what was found."""
 

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from norga.engine.faults import maybe_crash
+from norga.errors import NorgaError
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(RuntimeError, NorgaError):
     """A checkpoint file exists but cannot be read."""
 
 

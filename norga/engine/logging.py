@@ -9,6 +9,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def to_run_log(message: str, level: int = logging.ERROR, exc: BaseException | None = None) -> None:
+    """Write ``message`` (and ``exc``'s traceback) to the run's log files only: the root logger's file
+    handlers, i.e. Hydra's ``run.log``. The app shows the same error on the screen once, as a plain
+    paragraph, so it goes to no console handler here."""
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    record = logging.getLogger("norga").makeRecord("norga", level, __file__, 0, message, None, exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
 class NullLogger:
     """Logs nothing (``logger=none``)."""
 
@@ -48,9 +59,11 @@ class WandbLogger(NullLogger):
     def start(self, config: dict, run_dir: Path, resume_id: str | None = None) -> None:
         import wandb
 
+        # quiet: W&B's own run summary would follow the run's last line (done: ...)
         self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, group=self.group,
                               tags=self.tags, name=self.name, config=config, dir=str(run_dir),
-                              id=resume_id, resume="allow" if resume_id else None)
+                              id=resume_id, resume="allow" if resume_id else None,
+                              settings=wandb.Settings(quiet=True))
         self.run_id = self.run.id
         self._stages: set[str] = set()
         self.run.define_metric("epoch")

@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 
 from norga.engine.distributed import global_count, local_loss_weight
 from norga.engine.faults import maybe_crash
+from norga.errors import NorgaError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, NorgaError):
     """A loss became NaN or infinite; says where, so the run can be inspected or resumed with changes."""
 
     def __init__(self, where: str, step: int, value: float) -> None:

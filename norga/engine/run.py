@@ -1,12 +1,21 @@
 """The run driver: builds everything from the config, runs any learner task by task and stage by stage,
 evaluates, writes checkpoints and ``metrics.json``, and logs. It knows no method: the learner contract
-(:mod:`norga.methods.base`) is all it uses."""
+(:mod:`norga.methods.base`) is all it uses.
+
+A run directory is an append-only record of one run. A command that would change another run's record (no
+``resume=true`` in a directory that holds a run; a resume whose config differs in keys that change results)
+is refused before anything in the directory is written. A resumed run keeps the original ``.hydra/`` and
+adds a line to ``resumes.log``. A run that fails writes its error to ``run.log`` and to ``metrics.json``
+(``finished: false``, ``error``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +23,35 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from norga.config import RESULT_FREE_KEYS
+from norga.config import validate
 from norga.data import build_benchmark
+from norga.engine import record
 from norga.engine.checkpoint import load_checkpoint, save_atomic
 from norga.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
-from norga.engine.logging import NullLogger
-from norga.engine.loops import NonFiniteLossError
+from norga.engine.logging import NullLogger, to_run_log
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
+from norga.engine.threads import set_threads
+from norga.errors import ConfigError, NorgaError, RunRefusedError
 from norga.metrics import summarize
 from norga.models.checkpoint_formats import check_checkpoint_available
 from norga.models.vit import build_frozen_backbone
 
 log = logging.getLogger("norga")
+
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """A ValueError raised while building from the config (a learner's settings it cannot combine, tasks that
+    do not divide the classes, prompt layers outside the backbone) is a config error: its message names the
+    keys; a NorgaError passes as it is."""
+    try:
+        yield
+    except ValueError as err:
+        if isinstance(err, NorgaError):
+            raise
+        raise ConfigError(f"{err} (python run.py --cfg job prints the composed config)") from err
 
 
 
@@ -41,25 +64,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return precision
-
-
-def _flat(cfg: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in cfg.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Keys (dotted) whose values differ between two resolved configs, ignoring result-free keys."""
-    a, b = _flat(old), _flat(new)
-    keys = sorted(set(a) | set(b))
-    free = RESULT_FREE_KEYS
-    return [k for k in keys if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
 
 
 class ContinualRun:
@@ -78,7 +82,13 @@ class ContinualRun:
     No RNG state is stored: every epoch of every stage seeds itself from (seed, task, stage name, epoch).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, launch: dict[str, str] | None = None,
+                 parallel_jobs: int = 1) -> None:
+        """``launch``: how the run was launched, written once to the run directory: ``.hydra/<name>`` for
+        each name ending in ``.yaml`` (the app passes Hydra's config.yaml, hydra.yaml, overrides.yaml), and
+        ``command``, the line a resume records. ``parallel_jobs``: the jobs running beside this one, for the
+        share of the CPU cores it takes (:mod:`norga.engine.threads`)."""
+        validate(cfg)  # the app has checked already; API users get the same checks
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -93,24 +103,7 @@ class ContinualRun:
         cfg.train.precision = with_precision
         OmegaConf.set_struct(cfg, True)
         self.config = OmegaConf.to_container(cfg, resolve=True)
-        # Fail on missing weights before any data is read.
-        check_checkpoint_available(cfg.backbone)
-        self.benchmark = build_benchmark(cfg.dataset, cfg.backbone.img_size, cfg.seed,
-                                         mean=list(cfg.backbone.mean), std=list(cfg.backbone.std))
-        # Seed before each build, so random initialisations (prompts, heads, a backbone with
-        # pretrained=false) depend on the seed alone.
-        seed_everything(cfg.seed)
-        backbone = build_frozen_backbone(cfg.backbone)
-        seed_everything(cfg.seed)
-        self.learner = get_class(cfg.method._target_)(cfg, backbone, self.benchmark, self.device)
-        if self.learner.batchwise_prompt:
-            log.warning("method.batchwise_prompt=true: each test batch uses its most frequent selection, which "
-                        "leaks the batch's composition (test batches hold one task); the per-sample result is "
-                        "reported too (per_sample_prompt in metrics.json)")
-        self.evaluator = Evaluator(self.benchmark, self.device, cfg.eval.batch_size, cfg.train.num_workers,
-                                   cache=cfg.eval.cache, progress=cfg.progress,
-                                   max_samples=cfg.eval.max_samples_per_task)
-        self.logger = instantiate(cfg.logger) if self.dist.is_main else NullLogger()
+        self.logger: Any = NullLogger()
         # evaluation tag ("" for the task's own evaluation) -> accuracy matrix; task-identification accuracy
         self.matrices: dict[str, list[list[float]]] = {}
         self.tii_acc: list[list[float | None]] = []
@@ -120,6 +113,41 @@ class ContinualRun:
         self.wall_time = 0.0
         self._clock = time.perf_counter()
         self._resume_id: str | None = None
+        self._saved: tuple[int, str, int] | None = None  # the cursor last.pt holds
+        # Nothing in the run directory is written before this check.
+        self._checkpoint = self._accept_run_dir()
+        self.threads = set_threads(cfg.train.get("threads"), parallel_jobs)
+        self._open_record(launch or {})
+        try:
+            self._build(cfg)
+        except BaseException as err:
+            self._record_failure(err)
+            raise
+
+    def _build(self, cfg: DictConfig) -> None:
+        log.info("threads: %d (train.threads: %s)", self.threads, cfg.train.get("threads") or "auto, its share of "
+                 "the cores")
+        # Fail on missing weights before any data is read.
+        check_checkpoint_available(cfg.backbone)
+        with config_errors():
+            self.benchmark = build_benchmark(cfg.dataset, cfg.backbone.img_size, cfg.seed,
+                                             mean=list(cfg.backbone.mean), std=list(cfg.backbone.std))
+        # Seed before each build, so random initialisations (prompts, heads, a backbone with
+        # pretrained=false) depend on the seed alone.
+        seed_everything(cfg.seed)
+        with config_errors():
+            backbone = build_frozen_backbone(cfg.backbone)
+        seed_everything(cfg.seed)
+        with config_errors():
+            self.learner = get_class(cfg.method._target_)(cfg, backbone, self.benchmark, self.device)
+        if self.learner.batchwise_prompt:
+            log.warning("method.batchwise_prompt=true: each test batch uses its most frequent selection, which "
+                        "leaks the batch's composition (test batches hold one task); the per-sample result is "
+                        "reported too (per_sample_prompt in metrics.json)")
+        self.evaluator = Evaluator(self.benchmark, self.device, cfg.eval.batch_size, cfg.train.num_workers,
+                                   cache=cfg.eval.cache, progress=cfg.progress,
+                                   max_samples=cfg.eval.max_samples_per_task)
+        self.logger = instantiate(cfg.logger) if self.dist.is_main else NullLogger()
 
     # ---- stages ------------------------------------------------------------------------------------
     def stages(self, task: int) -> list[Stage]:
@@ -157,6 +185,7 @@ class ContinualRun:
     def _save(self, cursor: tuple[int, str, int], ctx: StageContext | None = None) -> None:
         if self.dist.is_main:
             save_atomic(self._state(cursor, ctx), self.ckpt_dir / "last.pt")
+        self._saved = cursor
 
     def _save_artifact(self, name: str, state: Any) -> None:
         if self.dist.is_main:
@@ -164,22 +193,49 @@ class ContinualRun:
         if name not in self.artifacts:
             self.artifacts.append(name)
 
+    # ---- the run directory -------------------------------------------------------------------------
+    def _accept_run_dir(self) -> dict | None:
+        """Refuse (:class:`RunRefusedError`) a run that would change the record of the run already in the
+        directory (:mod:`norga.engine.record`); checked on rank 0 before anything is written. Returns
+        ``last.pt``'s state for a resume."""
+        refusal, state = None, None
+        if self.dist.is_main:
+            try:
+                state = self._check_run_dir()
+            except NorgaError as err:
+                refusal = err
+        if self.dist.distributed:
+            message = broadcast_object(None if refusal is None else str(refusal))
+            if refusal is None and message is not None:
+                refusal = RunRefusedError(message)
+        if refusal is not None:
+            raise refusal
+        return state
+
+    def _check_run_dir(self) -> dict | None:
+        if not self.cfg.resume:
+            record.refuse_new_run(self.run_dir)
+            return None
+        record.refuse_missing_last(self.run_dir)
+        last = self.ckpt_dir / "last.pt"
+        state = load_checkpoint(last) if last.is_file() else None
+        recorded = state["config"] if state is not None else record.recorded_config(self.run_dir)
+        record.refuse_changed_config(self.run_dir, recorded, self.config)
+        return state
+
+    def _open_record(self, launch: dict[str, str]) -> None:
+        if self.dist.is_main:
+            record.open_record(self.run_dir, launch, resumed=bool(record.record_files(self.run_dir)))
+
     def _resume(self) -> tuple[int, str, int, dict | None]:
         """Load ``last.pt`` and the artifacts it lists; returns the cursor and in-stage state."""
         path = self.ckpt_dir / "last.pt"
-        if not path.exists():
-            if any(self.ckpt_dir.glob("*.pt")):
-                raise FileNotFoundError(f"{path} is missing but {self.ckpt_dir} holds other checkpoints; restore "
-                                        "it, or start over with resume=false in a new output directory")
+        state, self._checkpoint = self._checkpoint, None  # rank 0 read it when it checked the directory
+        if state is None and not self.dist.is_main and path.is_file():
+            state = load_checkpoint(path)
+        if state is None:
             log.info("resume=true but no checkpoint in %s: starting from task 0", self.ckpt_dir)
             return 0, self.stages(0)[0].name, 0, None
-        state = load_checkpoint(path)
-        diff = config_differences(state["config"], self.config)
-        if diff:
-            old, new = _flat(state["config"]), _flat(self.config)
-            lines = "\n".join(f"  {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            raise ValueError(f"cannot resume from {path}: the config differs in keys that change results:\n"
-                             f"{lines}\nrun with the checkpoint's values, or start a new run directory")
         cursor = state["cursor"]
         task, stage, epoch = cursor["task"], cursor["stage"], cursor["epoch"]
         if task < self.benchmark.num_tasks:
@@ -193,6 +249,7 @@ class ContinualRun:
         self.evaluator.load_state_dict(run["evaluator"])
         self.epoch_counter, self.wall_time = run["epoch_counter"], run["wall_time"]
         self._resume_id = run["logger_run_id"]
+        self._saved = (task, stage, epoch)
         log.info("resumed from %s at task %d, stage %s, epoch %d", path, task, stage, epoch)
         in_stage = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]} if epoch > 0 else None
         return task, stage, epoch, in_stage
@@ -233,7 +290,11 @@ class ContinualRun:
         return out
 
     def _write_metrics(self, finished: bool, error: str | None = None) -> dict:
-        metrics = self.metrics(finished)
+        if hasattr(self, "evaluator"):
+            metrics = self.metrics(finished)
+        else:  # stopped while building: keep what an earlier part of the run recorded
+            metrics = self._metrics_so_far()
+            metrics["finished"] = False
         if error:
             metrics["error"] = error
         if not self.dist.is_main:
@@ -242,6 +303,41 @@ class ContinualRun:
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(self.run_dir / "metrics.json")
         return metrics
+
+    def _metrics_so_far(self) -> dict:
+        try:
+            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+            if isinstance(metrics, dict):
+                return metrics
+        except (OSError, ValueError):
+            pass
+        cfg = self.cfg
+        return {"finished": False, "dataset": cfg.dataset.name, "backbone": cfg.backbone.name,
+                "method": cfg.method.name, "gate": cfg.method.get("gate"), "seed": cfg.seed,
+                "num_tasks": cfg.dataset.num_tasks, "tasks_done": 0, "acc_matrix": [], "config": self.config}
+
+    def _record_failure(self, err: BaseException) -> None:
+        """Write why the run stopped to ``run.log`` and ``metrics.json`` (``finished: false``, ``error``); the
+        app shows it on the screen. An interruption is no error: the log says what the checkpoint holds."""
+        if isinstance(err, KeyboardInterrupt):
+            log.warning("interrupted: %s", self._checkpoint_state())
+            return
+        if not isinstance(err, Exception):
+            return
+        text = str(err) if isinstance(err, NorgaError) else f"{type(err).__name__}: {err}"
+        to_run_log(text, exc=None if isinstance(err, NorgaError) else err)
+        if self.dist.is_main:
+            try:
+                self._write_metrics(finished=False, error=text)
+            except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                log.exception("could not record the error in %s", self.run_dir / "metrics.json")
+
+    def _checkpoint_state(self) -> str:
+        if self._saved is None:
+            return f"no checkpoint was written in {self.ckpt_dir} yet; a resume starts from task 0"
+        task, stage, epoch = self._saved
+        return (f"{self.ckpt_dir / 'last.pt'} holds the run up to task {task}, stage {stage}, epoch {epoch}; "
+                "a resume continues from there")
 
     # ---- running -----------------------------------------------------------------------------------
     def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:
@@ -296,6 +392,7 @@ class ContinualRun:
         state = self._state((task + 1, following, 0))
         save_atomic(state, self.ckpt_dir / "last.pt")
         save_atomic(state, self.ckpt_dir / f"task_{task}.pt")
+        self._saved = (task + 1, following, 0)
         metrics = self._write_metrics(finished=task == self.benchmark.num_tasks - 1)
         row = self.acc[-1]
         n = len(row)
@@ -313,18 +410,12 @@ class ContinualRun:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            task, stage, epoch, in_stage = self._resume()
-        else:
-            if any(self.ckpt_dir.glob("*.pt")):
-                raise FileExistsError(f"{self.ckpt_dir} already holds checkpoints: pass resume=true to continue "
-                                      "that run, or use a new output directory")
-            task, stage, epoch, in_stage = 0, None, 0, None
-        self.logger.start(self.config, self.run_dir, resume_id=self._resume_id)
-        self._clock = time.perf_counter()
         exit_code = 1
+        done = None
         try:
+            task, stage, epoch, in_stage = self._resume() if cfg.resume else (0, None, 0, None)
+            self.logger.start(self.config, self.run_dir, resume_id=self._resume_id)
+            self._clock = time.perf_counter()
             if cfg.backbone.name == "tiny":
                 log.info("backbone: the embedded tiny ViT, pre-trained on generated images "
                          "(scripts/pretrain_embedded_vit.py), for demos and tests only")
@@ -340,21 +431,22 @@ class ContinualRun:
                        if metrics.get(k) is not None}
             self.logger.summary(summary)
             tii = "" if metrics["tii_acc"] is None else f" | TII {metrics['tii_acc']:.2f}"
-            log.info("done: FA %.2f | CA %.2f | FFM %.2f%s | %d ViT passes over test sets | %.0fs | %s",
-                     metrics["final_avg_acc"], metrics["cum_avg_acc"], metrics["forgetting"], tii,
-                     round(metrics["vit_passes"]), metrics["wall_time_s"], self.run_dir / "metrics.json")
+            done = (f"done: FA {metrics['final_avg_acc']:.2f} | CA {metrics['cum_avg_acc']:.2f} | FFM "
+                    f"{metrics['forgetting']:.2f}{tii} | {round(metrics['vit_passes'])} ViT passes over test sets "
+                    f"| {metrics['wall_time_s']:.0f}s | {self.run_dir / 'metrics.json'}")
             exit_code = 0
             return metrics
-        except NonFiniteLossError as e:
-            # last.pt already holds the state before the failing epoch; record the failure beside it
-            self._write_metrics(finished=False, error=str(e))
-            log.error("%s (checkpoint: %s)", e, self.ckpt_dir / "last.pt")
+        except BaseException as err:
+            # a non-finite loss: last.pt already holds the state before the failing epoch
+            self._record_failure(err)
             raise
         finally:
             self.logger.finish(exit_code)
             cleanup()
+            if done is not None:
+                log.info(done)  # after the logger's own last words: the run's last line
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run ``cfg`` with outputs in ``run_dir``; returns the final metrics."""
-    return ContinualRun(cfg, run_dir).run()
+def run(cfg: DictConfig, run_dir: str | Path, launch: dict[str, str] | None = None, parallel_jobs: int = 1) -> dict:
+    """Run ``cfg`` with outputs in ``run_dir``; returns the final metrics (``ContinualRun`` has the arguments)."""
+    return ContinualRun(cfg, run_dir, launch, parallel_jobs).run()

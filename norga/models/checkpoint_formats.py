@@ -37,12 +37,14 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from norga.errors import NorgaError
+
 log = logging.getLogger(__name__)
 
 _SHOW = 10  # keys listed per category in an error message; the rest are counted
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(FileNotFoundError, NorgaError):
     """A backbone's pre-trained weights are not on this machine (path and public source in the message)."""
 
     def __init__(self, message: str, path: str | None = None, source: str = "") -> None:
@@ -51,11 +53,11 @@ class CheckpointNotFoundError(FileNotFoundError):
         self.source = source
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(RuntimeError, NorgaError):
     """A checkpoint does not provide exactly the backbone's tensors (file, keys and shapes in the message)."""
 
 
-class CheckpointReadError(RuntimeError):
+class CheckpointReadError(RuntimeError, NorgaError):
     """A checkpoint file is there but cannot be read as a checkpoint (file, reason and fix in the message)."""
 
 
