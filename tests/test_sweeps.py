@@ -29,14 +29,16 @@ BACKBONES = ("sup21k", "ibot21k", "ibot", "dino", "mocov3")
 # (dataset, backbone) pairs of the paper; each with NoRGa and HiDe-Prompt, seeds 40, 42, 44
 PAPER_ROWS = {("cifar100", b) for b in BACKBONES} | {("imr", b) for b in BACKBONES} \
     | {(d, b) for d in ("cub", "five_datasets") for b in ("sup21k", "ibot21k")}
+METHODS = ("l2p", "dualprompt", "sprompt", "coda", "hide", "norga", "simplecil", "ranpac")
 JOBS = {"paper_grid": 60, "paper_cifar100": 30, "paper_imr": 30, "paper_cub": 12, "paper_five_datasets": 12,
-        "gate_ablation": 12, "seeds": 3}
+        "gate_ablation": 12, "seeds": 3, "methods": len(METHODS) * 3, "joint": len(METHODS)}
 
 # The minimal stand-in: the groups of the real config with the options the sweeps use.
 GROUPS = {
     "dataset": {"digits": 5, "cifar100": 10, "imr": 10, "cub": 10, "five_datasets": 5},
     "backbone": {name: None for name in ("tiny", *BACKBONES)},
-    "method": {"norga": "tanh", "hide": None},
+    "method": {m: "tanh" if m == "norga" else None for m in METHODS},
+    "bound": {"joint": None},
     "gate": {name: None for name in ("linear", "tanh", "sigmoid", "gelu")},
     "optimizer": {"adam": None},
     "logger": {"none": None, "wandb": None},
@@ -70,6 +72,8 @@ def _option_yaml(group: str, name: str, extra) -> str:
         return f"name: {name}\ngate: {extra or 'null'}\nprompt_length: 5\n"
     if group == "gate":
         return f"# @package method\ngate: {name}\n"
+    if group == "bound":
+        return f"# @package _global_\nbound: {name}\n"
     if group == "optimizer":
         return "lr: 0.03\n"
     if group == "logger":
@@ -158,6 +162,21 @@ def test_paper_sweeps_cover_the_paper_rows_once():
     assert sorted(map(sorted, per_dataset)) == sorted(map(sorted, grid))
 
 
+def test_methods_sweep_runs_every_method_on_the_paper_seeds_and_joint_their_bounds():
+    methods = _jobs(_sweep_params(CONF / "sweep" / "methods.yaml"), ["dataset=cifar100", "backbone=sup21k"])
+    assert sorted(tuple(sorted(job)) for job in methods) == sorted(
+        tuple(sorted([f"method={m}", f"seed={s}", "dataset=cifar100", "backbone=sup21k"]))
+        for m in METHODS for s in (40, 42, 44))
+    assert {p.stem for p in (CONF / "method").glob("*.yaml")} == set(METHODS), "a new method joins the sweep"
+    joint = _jobs(_sweep_params(CONF / "sweep" / "joint.yaml"))
+    assert sorted(dict(o.split("=") for o in job)["method"] for job in joint) == sorted(METHODS)
+    _real_config()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["+sweep=joint", "method=l2p"])
+    assert cfg.bound == "joint" and cfg.dataset.num_tasks == 1
+
+
 def test_command_line_replaces_a_swept_value():
     jobs = _jobs(_sweep_params(CONF / "sweep" / "gate_ablation.yaml"), ["dataset=cub", "backbone=ibot21k"])
     assert len(jobs) == 12
@@ -188,7 +207,7 @@ def _compose_all(conf: Path) -> None:
             for job in jobs:
                 chosen = dict(o.split("=", 1) for o in job)
                 cfg = compose("config", overrides=[f"+sweep={name}", *job])
-                assert (cfg.dataset.name, cfg.seed) == (chosen["dataset"], 40)
+                assert (cfg.dataset.name, cfg.seed) == (chosen.get("dataset", "digits"), 40)
                 assert cfg.backbone.name == chosen.get("backbone", "tiny")
                 assert cfg.method.name == chosen.get("method", "norga")
                 if "gate" in chosen:  # the gate group is applied after the presets, so it wins
