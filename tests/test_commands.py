@@ -3,6 +3,9 @@ configuration (a command that no longer starts fails CI), and so does every comm
 offline (the others compose their config, which catches a renamed key or option)."""
 
 import importlib.util
+import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +16,9 @@ from tests.learning import METHOD_LEARN
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
-TINY = ["logger=none", "progress=false", "dataset.num_tasks=2", "train.max_epochs=1", "train.max_batches=2",
-        "train.max_stats_per_class=4", "eval.max_samples_per_task=8", "train.batch_size=4"]
+# appended to the README's offline commands so they take seconds
+TINY = ["logger=none", "progress=false", "train.max_epochs=1", "train.max_batches=2", "train.max_stats_per_class=4",
+        "eval.max_samples_per_task=8", "train.batch_size=4"]
 
 
 def load_script(path: Path):
@@ -62,3 +66,93 @@ def test_mutation_check_catches_a_listed_mutant():
     listed = subprocess.run([sys.executable, "scripts/mutants.py", "--list"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout
     assert "resume-drops-optimizer-state" in listed and "eval-uses-true-task" in listed
+
+
+# ---- README commands -----------------------------------------------------------------------------------------
+READMES = ("README.md", "benchmarks/README.md")
+NOT_RUN = {"make test"}  # the suite itself
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """``(readme, command)`` for every line of every ``bash`` block, comments stripped."""
+    out = []
+    for readme in READMES:
+        for block in re.findall(r"```bash\n(.*?)```", (ROOT / readme).read_text(), re.S):
+            for line in block.splitlines():
+                command = line.split(" #")[0].strip()
+                if command and command not in NOT_RUN:
+                    out.append((readme, command))
+    return out
+
+
+def overrides_of(tokens: list[str]) -> tuple[list[str], bool]:
+    """A command's Hydra overrides (without Hydra's own, flags and placeholders) and whether it is a sweep."""
+    sweep = "-m" in tokens or any(t.startswith("+sweep=") for t in tokens)
+    keep = []
+    skip_next = False
+    for t in tokens:
+        if skip_next:
+            skip_next = False
+            continue
+        if t == "--cfg":
+            skip_next = True
+        elif not (t.startswith(("-", "hydra")) or "<" in t or t == "..."):
+            keep.append(t)
+    return keep, sweep
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    lines = [o for o in overrides if not o.startswith("+sweep=")]
+    for o in overrides:
+        if o.startswith("+sweep="):
+            params = OmegaConf.load(ROOT / "conf" / "sweep" / f"{o.split('=', 1)[1]}.yaml").hydra.sweeper.params
+            given = {line.split("=", 1)[0] for line in lines}
+            lines = [f"{k}={v}" for k, v in params.items() if k not in given] + lines
+    parsed = OverridesParser.create().parse_overrides(lines)
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    sweep_choice = [o for o in overrides if o.startswith("+sweep=")]
+    return [sweep_choice + job for job in batch]
+
+
+@pytest.mark.parametrize(("readme", "command"), readme_commands())
+def test_readme_command_composes_and_validates(readme, command):
+    """Every run and sweep command of the READMEs names keys and options that exist and values the schemas
+    accept (each job of a sweep); commands that need the real data or weights stop no earlier than that."""
+    from hydra import compose, initialize_config_dir
+
+    from norga.config import register, validate
+
+    tokens = shlex.split(command)
+    if tokens[:2] == ["make", "run"]:
+        tokens = ["python", "run.py", *tokens[2:]]
+    if tokens[:3] == ["python", "-m", "norga.report"]:
+        from norga.report import main as report
+
+        # no runs under a fresh path: status 2 with its message, once the options parsed
+        assert report([str(ROOT / "outputs-does-not-exist"), *tokens[4:]]) == 2
+        return
+    script = tokens[1] if tokens[0] == "python" else None
+    assert script in ("run.py", "benchmarks/step.py", "benchmarks/eval_passes.py"), f"no test runs: {command}"
+    overrides, sweep = overrides_of(tokens[2:])
+    if script == "benchmarks/eval_passes.py":
+        overrides = load_script(ROOT / script).SHRUNK + overrides
+    register()
+    jobs = sweep_jobs(overrides) if sweep else [overrides]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for job in jobs:
+            validate(compose(config_name="config", overrides=job), job)
+
+
+@pytest.mark.parametrize("command", ["python run.py", "python run.py method=l2p",
+                                     "python run.py +bound=joint method=norga"])
+def test_readme_commands_on_the_embedded_default_run(command, tmp_path):
+    """The README's commands that need no download run end to end (shrunk by train.max_epochs and friends)."""
+    assert any(c in (command, command.replace("python run.py", "make run")) for _, c in readme_commands())
+    done = subprocess.run([sys.executable, "run.py", *shlex.split(command)[2:], *TINY,
+                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["finished"]
