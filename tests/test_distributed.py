@@ -200,9 +200,10 @@ class Indices(torch.utils.data.Dataset):
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_ranks_split_exactly_the_single_process_batches(world, shuffle):
-    n, batch = 23, 6
+@pytest.mark.parametrize(("world", "batch"), [(1, 6), (2, 6), (3, 6), (3, 2), (2, 1)])
+def test_ranks_split_exactly_the_single_process_batches(world, batch, shuffle):
+    """Also with global batches smaller than the process count: some ranks then get empty shards."""
+    n = 23
     single = [b.tolist() for b in make_loader(Indices(n), batch, torch.device("cpu"), shuffle=shuffle,
                                               generator=torch.Generator().manual_seed(9) if shuffle else None)]
     per_rank = []
@@ -218,6 +219,14 @@ def test_ranks_split_exactly_the_single_process_batches(world, shuffle):
         shards = [per_rank[r][b] for r in range(world)]
         assert [len(s) for s in shards] == shard_sizes(len(global_batch_), world)
         assert shards == [global_batch_[r::world] for r in range(world)]
+
+
+def test_an_empty_shard_collates_to_zero_rows_shaped_like_the_items():
+    dataset = torch.utils.data.TensorDataset(torch.randn(5, 3, 4, 4), torch.arange(5))
+    loader = shard_loader(dataset, 2, torch.device("cpu"))
+    loader.batch_sampler.rank, loader.batch_sampler.world_size = 2, 3  # rank 2 of 3: every shard empty
+    batches = list(loader)
+    assert len(batches) == 3 and all(x.shape == (0, 3, 4, 4) and y.shape == (0,) for x, y in batches)
 
 
 def test_shard_loader_in_one_process_is_make_loader():
