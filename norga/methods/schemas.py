@@ -169,6 +169,24 @@ class SPromptConfig(DualPromptConfig):
     prompt_layers: list[int] = layers(0, 1, 2, 3, 4)
 
 
+# ---- CODA-Prompt --------------------------------------------------------------------------------------------
+@dataclass
+class CODAConfig(MethodConfig):
+    """Prefix prompts assembled per sample from a pool of components, weighted by attention-masked cosine
+    similarity between the query and each component's key (docs/algorithm.md#coda-prompt)."""
+
+    _target_: str = "norga.methods.coda_prompt.CODAPrompt"
+    name: str = "coda"
+    # N components per prompted block; task t draws N / num_tasks of them at its start
+    pool_size: int = positive(100)
+    # L, even: the first L/2 rows of a prompt are the key prefix, the last L/2 the value prefix
+    prompt_length: int = positive(8)
+    prompt_layers: list[int] = layers(0, 1, 2, 3, 4)
+    # mu of the orthogonality penalty on components, keys and attention vectors (0: off, the authors' current
+    # scripts; 0.1: their first release on CIFAR-100)
+    ortho_weight: float = at_least(0.0, 0.0)
+
+
 #: schema name (``/schema/method/<name>``) -> dataclass
 METHOD_SCHEMAS: dict[str, type] = {
     "hide": HiDePromptConfig,
@@ -176,4 +194,5 @@ METHOD_SCHEMAS: dict[str, type] = {
     "l2p": L2PConfig,
     "dualprompt": DualPromptConfig,
     "sprompt": SPromptConfig,
+    "coda": CODAConfig,
 }
