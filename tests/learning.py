@@ -35,6 +35,7 @@ METHOD_LEARN = {
     "dualprompt": ["method.g_prompt_length=2", "method.prompt_length=2", "method.g_prompt_layers=[0]",
                    "method.prompt_layers=[1,2]"],
     "sprompt": ["method.prompt_length=2", "method.prompt_layers=[0,1]"],
+    "coda": ["method.prompt_length=2", "method.prompt_layers=[0,1]"],
     "simplecil": ["train.max_stats_per_class=20"],
     # a small projection, and the first-session adapters on so that their training is covered too
     "ranpac": ["train.max_stats_per_class=20", "method.projection_dim=256", "method.first_session_adaptation=true",

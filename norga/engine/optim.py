@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "coda_cosine")
 
 
 def scaled_lr(lr: float, global_batch_size: int) -> float:
@@ -24,7 +24,8 @@ def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
     """Multiplier of the base lr in ``epoch`` (0-based) of a stage with ``epochs`` epochs.
 
     ``step``: ``gamma ** (epoch // step_epochs)``; ``cosine``: half-cosine from 1 to ``min_lr / lr`` over
-    the stage (returned relative to 1; the caller applies ``min_factor``).
+    the stage (returned relative to 1; the caller applies ``min_factor``); ``coda_cosine``: CODA-Prompt's
+    ``cos(99 pi e / (200 (epochs - 1)))``, from 1 at the first epoch to cos(0.495 pi) ~ 0.016 at the last.
     """
     name = schedule["name"]
     if name == "constant":
@@ -33,6 +34,8 @@ def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
         return schedule["gamma"] ** (epoch // schedule["step_epochs"])
     if name == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+    if name == "coda_cosine":
+        return math.cos(99 * math.pi * epoch / (200 * max(1, epochs - 1)))
     raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 

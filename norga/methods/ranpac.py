@@ -238,19 +238,9 @@ class RanPAC(FrozenFeatureLearner):
         optimizer = torch.optim.SGD([{"params": params, "lr": lr, "base_lr": lr}], lr=lr,
                                     momentum=float(a.momentum), weight_decay=float(a.weight_decay))
         ctx.attach(optimizer)
-        # global class id -> column of the adaptation head
-        column = torch.full((self.benchmark.num_classes,), -1, dtype=torch.long, device=self.device)
-        column[self.benchmark.task_classes[task]] = torch.arange(len(self.benchmark.task_classes[task]),
-                                                                 device=self.device)
         self.adapters.train()
         self.adaptation_head.train()
-
-        def loss_fn(x, y):
-            with self.amp():  # gradients flow through the frozen backbone into the adapters
-                feats = self._vit(self.backbone, x).float()
-            return shard_cross_entropy(self.adaptation_head(feats), column[y])
-
-        step = data_parallel({"adapters": self.adapters, "head": self.adaptation_head}, loss_fn)
+        step = data_parallel({"adapters": self.adapters, "head": self.adaptation_head}, self.adaptation_loss(task))
         schedule = {"name": "cosine", "min_lr": float(a.min_lr)}
         epochs = self.epochs(a.epochs)
         for epoch in range(ctx.start_epoch, epochs):
@@ -261,6 +251,25 @@ class RanPAC(FrozenFeatureLearner):
                                self.progress, point=f"{ctx.point}/epoch{epoch}")
             ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
         self.adapters.requires_grad_(False)
+
+    def adaptation_loss(self, task: int):
+        """Cross-entropy of the cosine adaptation head over task ``task``'s classes, through the adapters."""
+        # global class id -> column of the adaptation head
+        column = torch.full((self.benchmark.num_classes,), -1, dtype=torch.long, device=self.device)
+        column[self.benchmark.task_classes[task]] = torch.arange(len(self.benchmark.task_classes[task]),
+                                                                 device=self.device)
+
+        def loss_fn(x, y):
+            with self.amp():  # gradients flow through the frozen backbone into the adapters
+                feats = self._vit(self.backbone, x).float()
+            return shard_cross_entropy(self.adaptation_head(feats), column[y])
+
+        return loss_fn
+
+    def benchmark_step(self, task: int):
+        if self.adapters is None:
+            return None  # nothing trains: the ridge head is solved in closed form
+        return self.adaptation_loss(0), [*self.adapters.parameters(), *self.adaptation_head.parameters()]
 
     @torch.no_grad()
     def ridge(self, ctx: StageContext) -> None:

@@ -51,7 +51,7 @@ class MethodConfig:
 # ---- HiDe-Prompt and NoRGa ----------------------------------------------------------------------------------
 @dataclass
 class ScheduleConfig:
-    name: str = choice("step", "constant", "step", "cosine")
+    name: str = choice("step", "constant", "step", "cosine", "coda_cosine")
     step_epochs: int = positive(30)
     gamma: float = positive(0.1)
     min_lr: float = at_least(0.0, 1e-5)
@@ -213,6 +213,24 @@ class RanPACConfig(MethodConfig):
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
 
+# ---- CODA-Prompt --------------------------------------------------------------------------------------------
+@dataclass
+class CODAConfig(MethodConfig):
+    """Prefix prompts assembled per sample from a pool of components, weighted by attention-masked cosine
+    similarity between the query and each component's key (docs/algorithm.md#coda-prompt)."""
+
+    _target_: str = "norga.methods.coda_prompt.CODAPrompt"
+    name: str = "coda"
+    # N components per prompted block; task t draws N / num_tasks of them at its start
+    pool_size: int = positive(100)
+    # L, even: the first L/2 rows of a prompt are the key prefix, the last L/2 the value prefix
+    prompt_length: int = positive(8)
+    prompt_layers: list[int] = layers(0, 1, 2, 3, 4)
+    # mu of the orthogonality penalty on components, keys and attention vectors (0: off, the authors' current
+    # scripts; 0.1: their first release on CIFAR-100)
+    ortho_weight: float = at_least(0.0, 0.0)
+
+
 #: schema name (``/schema/method/<name>``) -> dataclass
 METHOD_SCHEMAS: dict[str, type] = {
     "hide": HiDePromptConfig,
@@ -222,4 +240,5 @@ METHOD_SCHEMAS: dict[str, type] = {
     "sprompt": SPromptConfig,
     "simplecil": SimpleCILConfig,
     "ranpac": RanPACConfig,
+    "coda": CODAConfig,
 }
