@@ -137,7 +137,7 @@ class RunConfig:
     logger: Any = field(default_factory=lambda: {"_target_": "norga.engine.logging.NullLogger"})
     # None for a continual run; "joint" (set by `+bound=joint`, conf/bound/joint.yaml) for the upper bound
     # trained on all classes as one task, which the report labels and compares the continual rows with
-    bound: str | None = None
+    bound: str | None = choice(None, "joint")
 
 
 # Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the

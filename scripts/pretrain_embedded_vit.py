@@ -426,11 +426,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--num-classes", type=int, default=TrainConfig.num_classes)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--probe-per-class", type=int, default=None,
+                        help="probe on the first N digits of each class only (quick checks; default: all 1797)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, num_classes=args.num_classes)
+    cfg = TrainConfig(seed=args.seed, steps=args.steps, num_classes=args.num_classes, batch_size=args.batch_size)
     print(f"arch {ARCH} {json.dumps(MODEL_KWARGS)}; config {json.dumps(asdict(cfg))}", flush=True)
     t0 = time.time()
     model = pretrain(cfg)
@@ -442,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     shipped = build_model(0, cfg.seed)
     shipped.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     x, raw, y = digits_tensors()
+    if args.probe_per_class is not None:
+        keep = np.concatenate([np.flatnonzero(y == c)[: args.probe_per_class] for c in np.unique(y)])
+        x, raw, y = x[torch.from_numpy(keep)], raw[keep], y[keep]
     acc_pre = linear_probe(extract_features(shipped, x), y, cfg.seed)
     acc_rand = linear_probe(extract_features(build_model(0, cfg.seed), x), y, cfg.seed)
     acc_raw = linear_probe(raw, y, cfg.seed)
@@ -454,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         "pretrained": round(acc_pre, 2),
         "random_init": round(acc_rand, 2),
         "raw_pixels": round(acc_raw, 2),
+        "samples": len(y),
         "protocol": "sklearn digits, stratified 80/20 split (random_state=seed), StandardScaler + "
         "LogisticRegression(max_iter=5000) on the [CLS] token after the final norm",
     }

@@ -69,10 +69,13 @@ def reference_run(tmp_path_factory):
 
     runs: dict[str, tuple] = {}
 
-    def get(method: str = "norga"):
+    def get(method: str = "norga", with_run: bool = False):
+        """``with_run=True`` adds the finished :class:`ContinualRun` itself (read it, never train it further)."""
         if method not in runs:
             run_dir = tmp_path_factory.mktemp(f"reference_{method}")
-            runs[method] = run_dir, ContinualRun(compose_cfg([f"method={method}"]), run_dir).run()
-        return runs[method]
+            run = ContinualRun(compose_cfg([f"method={method}"]), run_dir)
+            runs[method] = run_dir, run.run(), run
+        run_dir, metrics, run = runs[method]
+        return (run_dir, metrics, run) if with_run else (run_dir, metrics)
 
     return get

@@ -152,13 +152,14 @@ def test_coda_refuses_a_gate(tmp_path):
 
 
 # ---- on the learning fixture -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("coda")
-    run = ContinualRun(coda_cfg(), run_dir)
-    return run, run_dir, run.run()
+@pytest.fixture
+def finished(reference_run):
+    """The fixture's uninterrupted CODA-Prompt run, shared with tests/test_contract.py (read it only)."""
+    run_dir, metrics, run = reference_run("coda", with_run=True)
+    return run, run_dir, metrics
 
 
+@pytest.mark.xdist_group("reference_coda")
 def test_learns_on_the_fixture(finished):
     _, _, metrics = finished
     assert metrics["finished"] and len(metrics["acc_matrix"]) == 2
@@ -168,6 +169,7 @@ def test_learns_on_the_fixture(finished):
     assert metrics["tii_acc"] is None  # no task identification
 
 
+@pytest.mark.xdist_group("reference_coda")
 def test_finished_tasks_components_and_head_rows_do_not_move(finished):
     run, run_dir, _ = finished
     after_0, after_1 = learned_state(run_dir, 0), learned_state(run_dir, 1)
@@ -185,6 +187,7 @@ def test_finished_tasks_components_and_head_rows_do_not_move(finished):
         assert not torch.equal(after_1[name][classes_1], after_0[name][classes_1])
 
 
+@pytest.mark.xdist_group("reference_coda")
 def test_predictions_do_not_depend_on_the_batch(finished):
     run, _, _ = finished
     learner = run.learner
@@ -206,19 +209,21 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("point", ["task1/train/epoch1/step0", "task1/train/start"])
-def test_killed_and_resumed_run_equals_uninterrupted_run(point, finished, tmp_path, monkeypatch):
-    """Killed inside task 1's training (its components drawn, one epoch trained) or right before it, then
-    resumed: every learned tensor and accuracy equals the uninterrupted run's, bit for bit."""
+@pytest.mark.xdist_group("reference_coda")
+def test_killed_and_resumed_run_equals_uninterrupted_run(finished, tmp_path, monkeypatch):
+    """Killed right before task 1's training (before its components are drawn), resumed, killed again inside
+    it (components drawn, one epoch trained), resumed again: every learned tensor and accuracy equals the
+    uninterrupted run's, bit for bit."""
     _, reference_dir, reference = finished
-    monkeypatch.setenv(faults.ENV, point)
 
     def kill(pid, sig):
-        raise _Killed(point)
+        raise _Killed(os.environ[faults.ENV])
 
     monkeypatch.setattr(os, "kill", kill)
-    with pytest.raises(_Killed):
-        ContinualRun(coda_cfg(), tmp_path).run()
+    for kills, point in enumerate(["task1/train/start", "task1/train/epoch1/step0"]):
+        monkeypatch.setenv(faults.ENV, point)
+        with pytest.raises(_Killed, match=point):
+            ContinualRun(coda_cfg(["resume=true"] if kills else []), tmp_path).run()
     monkeypatch.delenv(faults.ENV)
     metrics = ContinualRun(coda_cfg(["resume=true"]), tmp_path).run()
     assert metrics["acc_matrix"] == reference["acc_matrix"]

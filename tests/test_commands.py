@@ -53,7 +53,8 @@ def test_eval_passes_benchmark_runs(capsys):
 
 def test_pretraining_script_runs_on_a_tiny_budget(tmp_path, capsys):
     script = load_script(ROOT / "scripts" / "pretrain_embedded_vit.py")
-    script.main(["--steps", "2", "--num-classes", "4", "--out", str(tmp_path / "vit.safetensors"), "--threads", "1"])
+    script.main(["--steps", "2", "--num-classes", "4", "--batch-size", "8", "--probe-per-class", "10",
+                 "--out", str(tmp_path / "vit.safetensors"), "--threads", "1"])
     assert (tmp_path / "vit.safetensors").stat().st_size > 0
     assert "digits linear probe" in capsys.readouterr().out
 

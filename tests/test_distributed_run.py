@@ -31,7 +31,9 @@ def torchrun(processes: int, run_dir: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("processes", [2, 3])
+# 2 processes already leave a rank an empty shard (task 0's epochs end on a batch of 1); 3 (an odd count,
+# and task 1's batch of 2 split 1/1/0) run with --runslow
+@pytest.mark.parametrize("processes", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_whole_run_on_several_processes_equals_one_process(processes, one_process, tmp_path):
     """Augmentation is drawn per sample from (stage seed, sample), batches are split without loss (empty shards
     included), the contrastive term sees the global batch, statistics are gathered in dataset order."""

@@ -110,7 +110,8 @@ def test_a_method_outside_the_package_runs_under_the_contract(tmp_path):
         "_target_: nearest_mean.NearestMean\nname: nearest_mean\ngate: null\nbatchwise_prompt: false\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     done = subprocess.run([sys.executable, "run.py", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-                           "method=nearest_mean", "dataset.num_tasks=2", "logger=none", "progress=false",
+                           "method=nearest_mean", "dataset.num_tasks=2", "dataset.source.train_fraction=0.25",
+                           "eval.max_samples_per_task=60", "logger=none", "progress=false",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

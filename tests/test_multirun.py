@@ -2,6 +2,7 @@
 launcher, outputs kept apart, W&B offline files holding the final metrics, and the report over them."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +11,18 @@ from norga.engine.threads import cpu_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["progress=false", "backbone.pretrained=false", "dataset.num_tasks=2", "train.epochs=1", "train.max_epochs=1",
-        "train.batch_size=16", "train.max_batches=2",
-        "eval.max_samples_per_task=20", "method.prompt_length=2", "method.prompt_layers=[0,1]"]
+        "train.batch_size=16", "train.max_batches=2", "train.max_stats_per_class=10",
+        "dataset.source.train_fraction=0.25", "eval.max_samples_per_task=20", "method.prompt_length=2",
+        "method.prompt_layers=[0,1]"]
 
 
 def test_two_seed_joblib_multirun_with_offline_wandb_then_report(tmp_path):
     sweep_dir = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the launcher's share is under test
     done = subprocess.run(
         [sys.executable, "run.py", "-m", "seed=40,42", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
          "logger=wandb", f"hydra.sweep.dir={sweep_dir}", *FAST],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(sweep_dir.rglob("metrics.json"))
     names = [p.parent.relative_to(sweep_dir).as_posix() for p in runs]

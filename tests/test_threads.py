@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from norga.config import register
-from norga.engine.threads import cpu_cores, jobs_side_by_side, thread_share
+from norga.engine.threads import choose_threads, cpu_cores, jobs_side_by_side, thread_share
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["logger=none", "device=cpu", "progress=false", "backbone.pretrained=false", "dataset.num_tasks=2",
@@ -52,6 +52,7 @@ def test_a_joblib_job_takes_its_share_of_the_cores(tmp_path, keep_threads, monke
     from norga.engine.run import ContinualRun
 
     monkeypatch.delenv("NORGA_SWEEP_JOBS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     sweep = ["seed=40", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.mode=MULTIRUN"]
     HydraConfig.instance().set_config(compose_cfg([*SMALL, *sweep], hydra=True))
     try:
@@ -63,8 +64,23 @@ def test_a_joblib_job_takes_its_share_of_the_cores(tmp_path, keep_threads, monke
     assert run.threads == torch.get_num_threads() == max(1, cpu_cores() // 2)
 
 
-def test_train_threads_sets_the_count(tmp_path, keep_threads):
+def test_train_threads_sets_the_count(tmp_path, keep_threads, monkeypatch):
     from norga.engine.run import ContinualRun
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     cfg = compose_cfg([*SMALL, "train.threads=1"])
     assert ContinualRun(cfg, tmp_path, parallel_jobs=8).threads == torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), ("1", 1), ("", None), ("0", None), ("two", None)])
+def test_omp_num_threads_sets_the_count_when_train_threads_is_unset(value, expected, monkeypatch):
+    """A cluster script's or test runner's OMP_NUM_THREADS wins over the share; a value that is not a positive
+    count is ignored."""
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    threads, why = choose_threads(None, side_by_side=1)
+    if expected is None:
+        assert (threads, why) == (cpu_cores(), "auto, its share of the cores")
+    else:
+        assert (threads, why) == (expected, "OMP_NUM_THREADS")
+    assert choose_threads(2, side_by_side=1) == (2, "train.threads")

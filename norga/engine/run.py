@@ -116,7 +116,7 @@ class ContinualRun:
         self._saved: tuple[int, str, int] | None = None  # the cursor last.pt holds
         # Nothing in the run directory is written before this check.
         self._checkpoint = self._accept_run_dir()
-        self.threads = set_threads(cfg.train.get("threads"), parallel_jobs)
+        self.threads, self._threads_from = set_threads(cfg.train.get("threads"), parallel_jobs)
         self._open_record(launch or {})
         try:
             self._build(cfg)
@@ -125,8 +125,7 @@ class ContinualRun:
             raise
 
     def _build(self, cfg: DictConfig) -> None:
-        log.info("threads: %d (train.threads: %s)", self.threads, cfg.train.get("threads") or "auto, its share of "
-                 "the cores")
+        log.info("threads: %d (%s)", self.threads, self._threads_from)
         # Fail on missing weights before any data is read.
         check_checkpoint_available(cfg.backbone)
         with config_errors():

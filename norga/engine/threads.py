@@ -4,7 +4,8 @@ torch starts as many threads as the machine has cores; two jobs side by side on 
 that preempt each other mid-operation, up to 16x slower than one job alone. A process's share is the cores
 it may use divided by the processes that run beside it: the jobs a launcher runs at once (joblib's
 ``n_jobs``, at most the sweep's job count) times the processes of a torchrun on this node.
-``train.threads`` sets the count instead.
+``train.threads`` sets the count instead; so does ``OMP_NUM_THREADS`` in the environment when
+``train.threads`` is unset (cluster scripts and test runners set it for the processes they place).
 """
 
 from __future__ import annotations
@@ -40,13 +41,29 @@ def thread_share(cores: int, side_by_side: int) -> int:
     return max(1, cores // max(1, side_by_side))
 
 
-def set_threads(configured: int | None, side_by_side: int = 1) -> int:
-    """Set torch's intra-op threads to ``configured`` (``train.threads``), or to this process's share of the
-    cores when it is None; returns the count. ``side_by_side`` counts the jobs a launcher runs at once; the
-    processes of a torchrun on this node (``LOCAL_WORLD_SIZE``) are counted here."""
+def environment_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when it is set to a positive integer, else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def choose_threads(configured: int | None, side_by_side: int = 1) -> tuple[int, str]:
+    """``(count, why)``: ``configured`` (``train.threads``), else ``OMP_NUM_THREADS``, else this process's
+    share of the cores. ``side_by_side`` counts the jobs a launcher runs at once; the processes of a torchrun
+    on this node (``LOCAL_WORLD_SIZE``) are counted here."""
+    if configured:
+        return configured, "train.threads"
+    from_env = environment_threads()
+    if from_env:
+        return from_env, "OMP_NUM_THREADS"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return thread_share(cpu_cores(), side_by_side * local), "auto, its share of the cores"
+
+
+def set_threads(configured: int | None, side_by_side: int = 1) -> tuple[int, str]:
+    """Set torch's intra-op threads as :func:`choose_threads` says; returns ``(count, why)``."""
     import torch
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = configured or thread_share(cpu_cores(), side_by_side * local)
+    threads, why = choose_threads(configured, side_by_side)
     torch.set_num_threads(threads)
-    return threads
+    return threads, why
