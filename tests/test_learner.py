@@ -40,6 +40,9 @@ def two_tasks(reference_run, tmp_path_factory):
         learner.eval_mode()
         record["cached"].append(run.evaluator.evaluate(learner, task))
         record["direct"].append(recompute.evaluate(learner, task))
+        before = run.evaluator.vit_passes
+        record["repeated"] = run.evaluator.evaluate(learner, task)  # nothing changed: all from the cache
+        record[f"repeat_passes_{task}"] = run.evaluator.vit_passes - before
     record["cached_passes"], record["direct_passes"] = run.evaluator.vit_passes, recompute.vit_passes
     record["prompt_changes"] = run.evaluator.prompt_changes
     return run, record
@@ -78,6 +81,9 @@ def test_cached_evaluation_equals_recomputing_everything(two_tasks):
     # the recomputing evaluator runs both ViTs over every seen test set every time
     assert record["direct_passes"] == 2 * (1 + 2)
     assert record["cached_passes"] < record["direct_passes"]
+    # evaluating again what was just evaluated runs no ViT at all, and gives the same result
+    assert record["repeat_passes_0"] == record["repeat_passes_1"] == 0
+    assert record["repeated"].accs == record["cached"][-1].accs
 
 
 class _Swapped:
