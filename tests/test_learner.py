@@ -18,10 +18,6 @@ def make_run(tmp_path, overrides=()):
     return ContinualRun(compose_cfg(list(overrides)), tmp_path)
 
 
-def snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def two_tasks(reference_run, tmp_path_factory):
     """The fixture's reference run (``tests/conftest.py``), re-read after each task from its checkpoint into a
