@@ -42,11 +42,12 @@ METHOD_LEARN = {
                "method.adaptation.epochs=2", "method.adaptation.lr=0.05"],
 }
 
-# A correct resumed or data-parallel run meets these (measured: bitwise for resume; about 1e-6 for 2 and 3
-# processes); the breakages they must catch (a dropped optimiser state, a contrastive term on the local shard)
-# move parameters by 1e-3 or more.
+# A correct resumed or data-parallel run meets these (measured: bitwise for resume; for 2 processes 3.3e-6
+# NoRGa, 3.6e-7 L2P, 5.3e-6 DualPrompt, 2.1e-5 S-Prompt++ (lr 0.5), 6.4e-6 CODA-Prompt; 1.2e-6 NoRGa on 3);
+# the breakages they must catch (a dropped optimiser state, a contrastive term on the local shard) move
+# parameters by 1e-3 or more.
 RESUME_ATOL = 1e-6
-PROCESSES_ATOL = 2e-5
+PROCESSES_ATOL = 1e-4
 
 
 def with_logger(overrides: list[str]) -> list[str]:

@@ -148,4 +148,6 @@ class TokenPromptPool(nn.Module):
         layer, the selected prompts one after the other."""
         b, k = ids.shape
         selected = self.prompts[:, ids]  # (layers, B, k, L, dim)
-        return {layer: selected[i].reshape(b, k * selected.shape[3], -1) for i, layer in enumerate(self.layers)}
+        # explicit sizes: a data-parallel rank's shard may be empty (b = 0), where -1 is ambiguous
+        length, dim = selected.shape[3], selected.shape[4]
+        return {layer: selected[i].reshape(b, k * length, dim) for i, layer in enumerate(self.layers)}
