@@ -44,7 +44,8 @@ from torch.utils.data import Subset
 
 from norga.data import Benchmark
 from norga.engine.distributed import all_gather_cat, is_distributed, shard_loader
-from norga.engine.loops import autocast, extract_features
+from norga.engine.loops import autocast, extract_features, train_epoch
+from norga.engine.optim import set_epoch_lr
 from norga.engine.stages import Stage, StageContext
 from norga.models.vit import vit_features
 
@@ -162,6 +163,32 @@ class Learner:
             return self._vit(self.backbone, x).float()
 
     # ---- training helpers --------------------------------------------------------------------------------
+    def refuse_gate(self, why: str = "the NoRGa gate is a method of its own") -> None:
+        """Stop with what to do instead when ``method.gate`` is set for a method without gated prompts."""
+        gate = self.method.gate
+        if gate is not None:
+            raise ValueError(f"method={self.method.name} takes no gate (got method.gate={gate}): {why}; use "
+                             f"method=norga gate={gate}, or drop gate=")
+
+    def train_epochs(self, ctx: StageContext, step, optimizer, params: list, schedule, desc: str,
+                     before_last_checkpoint: Callable[[], None] | None = None) -> int:
+        """The ``train.epochs`` epochs (capped by ``train.max_epochs``) of a stage that trains on the task's
+        images, from ``ctx.start_epoch``: each seeded by its epoch, its lr set by ``schedule``, gradients
+        clipped at ``train.clip_grad``, checkpointed by ``ctx.epoch_end``; ``before_last_checkpoint`` runs
+        just before the last epoch's checkpoint. Returns the epoch count."""
+        cfg, task = self.cfg, ctx.task
+        epochs = self.epochs(cfg.train.epochs)
+        for epoch in range(ctx.start_epoch, epochs):
+            gen = ctx.seed_epoch(epoch)
+            lr_now = set_epoch_lr(optimizer, schedule, epoch, epochs)
+            loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device,
+                               cfg.train.clip_grad, f"task {task} {desc} epoch {epoch + 1}/{epochs}",
+                               cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
+            if epoch == epochs - 1 and before_last_checkpoint is not None:
+                before_last_checkpoint()
+            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        return epochs
+
     def epochs(self, configured: int) -> int:
         """A stage's epoch count, capped by ``train.max_epochs`` (smoke tests and quick checks)."""
         cap = self.cfg.train.get("max_epochs")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from norga.engine.distributed import data_parallel
-from norga.engine.loops import masked_logits, shard_cross_entropy, train_epoch
-from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
+from norga.engine.loops import masked_logits, shard_cross_entropy
+from norga.engine.optim import build_optimizer, scaled_lr
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner
 from norga.models.attention import configure_prefix_attention
@@ -33,9 +33,7 @@ class CODAPrompt(Learner):
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        if m.gate is not None:
-            raise ValueError(f"method=coda takes no gate (got method.gate={m.gate}): the NoRGa gate is a method "
-                             f"of its own; use method=norga gate={m.gate}, or drop gate=")
+        self.refuse_gate()
         if m.batchwise_prompt:
             raise ValueError("method=coda selects no prompts, so there is no selection for a test batch to vote "
                              "on: drop method.batchwise_prompt=true")
@@ -111,11 +109,4 @@ class CODAPrompt(Learner):
         for module in self.modules().values():
             module.train()
         step = data_parallel(self.modules(), self.train_loss(task))
-        epochs = self.epochs(cfg.train.epochs)
-        for epoch in range(ctx.start_epoch, epochs):
-            gen = ctx.seed_epoch(epoch)
-            lr_now = set_epoch_lr(optimizer, cfg.scheduler, epoch, epochs)
-            loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device,
-                               cfg.train.clip_grad, f"task {task} coda epoch {epoch + 1}/{epochs}",
-                               cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
-            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        self.train_epochs(ctx, step, optimizer, params, cfg.scheduler, "coda")

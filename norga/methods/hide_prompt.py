@@ -213,17 +213,9 @@ class HiDePrompt(Learner):
         # re-wrapped every task: the set of trainable parameters changes (alpha/tau freeze after task 0)
         step = data_parallel({"prompts": self.prompts, "head": self.head}, self.wtp_loss(task, momentum))
 
-        epochs = self.epochs(cfg.train.epochs)
-        for epoch in range(ctx.start_epoch, epochs):
-            gen = ctx.seed_epoch(epoch)
-            lr_now = set_epoch_lr(optimizer, cfg.scheduler, epoch, epochs)
-            loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device,
-                               cfg.train.clip_grad, f"task {task} WTP epoch {epoch + 1}/{epochs}",
-                               cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
-            if epoch == epochs - 1:
-                # fold the momentum mix into the stored prompt before the last checkpoint of the stage
-                self.prompts.commit_momentum(task, momentum)
-            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        # the momentum mix is folded into the stored prompt before the last checkpoint of the stage
+        commit = lambda: self.prompts.commit_momentum(task, momentum)  # noqa: E731
+        epochs = self.train_epochs(ctx, step, optimizer, params, cfg.scheduler, "WTP", before_last_checkpoint=commit)
         if epochs == 0:
             self.prompts.commit_momentum(task, momentum)
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from norga.engine.distributed import all_gather_cat, data_parallel
 from norga.engine.evaluate import majority_selection
-from norga.engine.loops import masked_logits, shard_cross_entropy, shard_mean, train_epoch
-from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
+from norga.engine.loops import masked_logits, shard_cross_entropy, shard_mean
+from norga.engine.optim import build_optimizer, scaled_lr
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner, tensor_digest
 from norga.models.keys import PromptKeys
@@ -33,9 +33,7 @@ class KeyQueryLearner(Learner):
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        if m.gate is not None:
-            raise ValueError(f"method={m.name} takes no gate (got method.gate={m.gate}): the NoRGa gate is a "
-                             f"method of its own; use method=norga gate={m.gate}, or drop gate=")
+        self.refuse_gate()
         self.dim, self.heads, self.head_dim = head_geometry(backbone)
         self.top_k = int(m.top_k)
         self.pool_size = int(m.pool_size or benchmark.num_tasks)
@@ -155,11 +153,4 @@ class KeyQueryLearner(Learner):
         for module in self.modules().values():
             module.train()
         step = data_parallel(trained, self.train_loss(task))
-        epochs = self.epochs(cfg.train.epochs)
-        for epoch in range(ctx.start_epoch, epochs):
-            gen = ctx.seed_epoch(epoch)
-            lr_now = set_epoch_lr(optimizer, self.schedule(task), epoch, epochs)
-            loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device,
-                               cfg.train.clip_grad, f"task {task} {m.name} epoch {epoch + 1}/{epochs}",
-                               cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
-            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        self.train_epochs(ctx, step, optimizer, params, self.schedule(task), m.name)

@@ -26,10 +26,7 @@ class FrozenFeatureLearner(Learner):
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        if m.gate is not None:
-            raise ValueError(f"method={m.name} takes no gate (got method.gate={m.gate}): the NoRGa gate acts on "
-                             f"prefix prompts, which {m.name} does not have; use method=norga gate={m.gate}, "
-                             "or drop gate=")
+        self.refuse_gate(f"the NoRGa gate acts on prefix prompts, which {m.name} does not have")
         if m.batchwise_prompt:
             raise ValueError(f"method={m.name} selects no prompts, so method.batchwise_prompt=true has nothing to "
                              "act on; drop it")
