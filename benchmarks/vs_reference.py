@@ -380,7 +380,7 @@ def detect(root: Path):
                      f"{' or '.join(m for _, m, _ in REPOSITORIES.values())}).\n\n{WHAT_TO_FETCH}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference-dir", type=Path, help="a checkout of the authors' repository (MoE_PromptCL or "
                         "CODA-Prompt); without it the script says what to fetch")
@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--classes-per-task", type=int, default=10)
-    parser.add_argument("--coda-per-task", type=int, default=10, help="CODA-Prompt components per task")
+    parser.add_argument("--coda-per-task", type=int, default=10, help="CODA-Prompt components per task (tasks x "
+                        "this must fit the backbone's width: at most 9 with --backbone tiny and 10 tasks)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| / max |logit|")
@@ -398,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for norga's side (after fidelity=reference)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.reference_dir is None:
         print(WHAT_TO_FETCH)
         return 2
