@@ -126,6 +126,10 @@ def test_report_labels_reference_rows_and_keeps_them_apart(tmp_path, capsys):
     corrected = next(r for r in rows if "| dualprompt |" in r)
     assert "80.00 ± 0.00" in reference and "| - |" in reference, "fidelity is the row's label, not an override"
     assert "86.50 ± 0.50" in corrected
+    assert report([str(tmp_path), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith(",fidelity") and sorted(line.rsplit(",", 1)[1] for line in lines[1:]) == [
+        "corrected", "reference"]
 
 
 @pytest.mark.parametrize("override", ["fidelity=exact", "dataset.class_order=numpy"])
