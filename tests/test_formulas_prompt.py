@@ -194,3 +194,35 @@ def test_prompts_enter_exactly_the_configured_blocks(method, overrides, expected
     x, _ = batch(learner, 0, n=2)
     for slot in (0, 1):
         assert prefixed_blocks(learner, x, torch.full((len(x), 1), slot)) == expected
+
+
+# ---- HiDe-Prompt / NoRGa: TAP -------------------------------------------------------------------------------
+def test_wtp_tap_trains_the_head_on_seen_classes_with_k_steps_of_n_samples_per_epoch(tmp_path):
+    """Per epoch K steps (K = classes of the earlier tasks), each on n = samples_per_class_factor x B samples
+    drawn from the stored Gaussians of the seen classes; logits of unseen classes masked out (their head rows
+    never move); only the head trains."""
+    factor, batch_size, epochs = 3, 8, 2
+    learner = build(tmp_path, "hide", ["dataset.num_tasks=5", f"method.tap.samples_per_class_factor={factor}",
+                                       f"train.batch_size={batch_size}", f"method.tap.epochs={epochs}",
+                                       "method.tap.lr=0.37"])
+    randomise(learner)
+    bench, task = learner.benchmark, 1
+    seen = [c for t in range(task + 1) for c in bench.task_classes[t]]
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.tensor(seen).repeat_interleave(6)
+    learner.wtp_statistics.fit(torch.randn(len(labels), learner.head.in_features, generator=gen), labels)
+    head_before = {k: v.clone() for k, v in learner.head.state_dict().items()}
+    prompts_before = learner.prompts.prompts.detach().clone()
+    batches = []
+    hook = learner.head.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    try:
+        learner.wtp_tap(StageContext(task=task, stage="wtp_tap", seed=learner.cfg.seed, progress=False))
+    finally:
+        hook.remove()
+    k = len(bench.task_classes[0])
+    assert batches == [factor * batch_size] * (k * epochs)
+    weight, before = learner.head.state_dict()["weight"], head_before["weight"]
+    unseen = sorted(set(range(bench.num_classes)) - set(seen))
+    assert torch.equal(weight[unseen], before[unseen]), "head rows of unseen classes moved: logits not masked"
+    assert all(not torch.equal(weight[c], before[c]) for c in seen)
+    assert torch.equal(learner.prompts.prompts, prompts_before), "TAP trains the head only"
