@@ -1,7 +1,8 @@
-"""Learning-rate schedules (docs/algorithm.md#wtp-training-loss-and-optimiser, #schedules-one-epoch-lag-and-
-cosine-floor, #training of CODA-Prompt, #d3-step-schedule-on-later-tasks-schedulerfirst_task_only): the factor
-of each epoch from the written-out formula, and the lr the optimiser actually steps with in each epoch of a
-run (recorded through short runs: one batch per epoch), restarting with every task."""
+"""Learning-rate schedules (docs/algorithm.md#wtp-training-loss-and-optimiser and
+docs/algorithm.md#schedules-one-epoch-lag-and-cosine-floor; CODA-Prompt's in docs/algorithm.md#training; the
+first-task-only switch in docs/algorithm.md#d3-step-schedule-on-later-tasks-schedulerfirst_task_only): the
+factor of each epoch from the written-out formula, and the lr the optimiser actually steps with in each epoch
+of a run (recorded through short runs: one batch per epoch), restarting with every task."""
 
 import math
 
