@@ -8,10 +8,15 @@ import torch
 
 from norga.engine.evaluate import Evaluator
 from norga.engine.run import ContinualRun
-from tests.learning import compose_cfg
+from tests.learning import ROOT, compose_cfg
 
-METHODS = ["norga", "hide", "l2p", "dualprompt", "sprompt", "coda", "simplecil", "ranpac"]
+# every method (a new conf/method/*.yaml is picked up), and those that select prompts per test image
+METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
 SELECTING = ["norga", "hide", "l2p", "dualprompt", "sprompt"]
+
+
+def test_every_shipped_method_is_covered():
+    assert {"norga", "hide", "l2p", "dualprompt", "sprompt", "coda", "simplecil", "ranpac"} <= set(METHODS)
 
 
 @pytest.mark.parametrize("method", METHODS)
