@@ -22,12 +22,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from norga.errors import ConfigError
+from norga.fidelity import CORRECTED, FIDELITIES
 from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choice, positive
 
 # The prefix-attention kernels (norga.models.attention.PREFIX_IMPLS, which imports torch: composing a config
 # must not) and the precisions of train.precision.
 ATTENTION_KERNELS = ("auto", "explicit", "sdpa_mask", "lse_merge", "augmented", "flex")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+CLASS_ORDERS = ("seeded", "numpy_1993")
 
 
 def matching(regex: str, default: Any, means: str) -> Any:
@@ -49,6 +51,12 @@ class DatasetConfig:
     num_tasks: int = positive(MISSING)
     shuffle: bool = True
     source: Any = MISSING  # {_target_: loader function, root, download, ...}
+    # how `shuffle` orders the classes: seeded (random.Random(seed), the prompt methods' reference) or numpy_1993
+    # (numpy's RandomState(1993) permutation whatever the seed, the PILOT family's: SimpleCIL, RanPAC)
+    class_order: str = choice("seeded", *CLASS_ORDERS)
+    # transform families replaced by another, e.g. {cifar100: default}: CIFAR images get the ImageNet-R family
+    # (crop scale 0.05-1, bilinear, no colour jitter, no normalisation), as SimpleCIL's and RanPAC's authors
+    transform_as: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +146,9 @@ class RunConfig:
     # None for a continual run; "joint" (set by `+bound=joint`, conf/bound/joint.yaml) for the upper bound
     # trained on all classes as one task, which the report labels and compares the continual rows with
     bound: str | None = choice(None, "joint")
+    # corrected: norga's defaults; reference: every documented reference behaviour of the method, set by
+    # conf/fidelity (docs/algorithm.md#fidelity)
+    fidelity: str = choice(CORRECTED, *FIDELITIES)
 
 
 # Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the

@@ -35,6 +35,7 @@ from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
 from norga.engine.threads import set_threads
 from norga.errors import ConfigError, NorgaError, RunRefusedError
+from norga.fidelity import fidelity_of_config
 from norga.metrics import summarize
 from norga.models.checkpoint_formats import check_checkpoint_available
 from norga.models.vit import build_frozen_backbone
@@ -266,6 +267,7 @@ class ContinualRun:
             "method": self.cfg.method.name,
             "gate": self.cfg.method.get("gate"),
             "bound": self.cfg.get("bound"),
+            "fidelity": fidelity_of_config(self.cfg),
             "seed": self.cfg.seed,
             "num_tasks": self.benchmark.num_tasks,
             "tasks_done": len(self.acc),

@@ -67,6 +67,8 @@ class Learner:
     name: ClassVar[str] = ""
     #: the whole evaluation batch uses its most frequent selection (the reference's test-time voting)
     batchwise_prompt: bool = False
+    #: True when a selection's order matters (the reference prefix layout): top-k and majority keep it
+    ordered_selection: bool = False
     #: False when a sample's features depend on the rest of its batch: evaluation then runs batch by batch
     eval_cacheable: bool = True
     #: False when :meth:`features` needs only the query (no pass over the images)
@@ -130,7 +132,8 @@ class Learner:
         return "frozen"
 
     def select(self, query: torch.Tensor, upto_task: int) -> torch.Tensor | None:
-        """The prompt ids each sample uses, ``(n, k)`` (rows sorted), or None for learners without prompts.
+        """The prompt ids each sample uses, ``(n, k)`` (rows sorted; in similarity order with
+        :attr:`ordered_selection`), or None for learners without prompts.
         ``upto_task`` is the last task trained (never a test sample's task)."""
         return None
 

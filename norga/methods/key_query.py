@@ -49,6 +49,8 @@ class KeyQueryLearner(Learner):
         self.head = build_head(self.dim, benchmark.num_classes,
                                cfg.backbone.get("reference_fc_norm", False)).to(device)
         self.batchwise_prompt = bool(m.batchwise_prompt)
+        # the reference prefix layout mixes prompts by position: keep the reference's top-k order there
+        self.ordered_selection = m.get("prefix_layout") == "reference"
 
     def build_prompts(self) -> None:
         raise NotImplementedError
@@ -74,7 +76,7 @@ class KeyQueryLearner(Learner):
 
     def select(self, query: torch.Tensor, upto_task: int) -> torch.Tensor:
         allowed = (upto_task + 1) * self.top_k if self.method.match_seen_keys else None
-        return self.keys.match(query, self.top_k, allowed)
+        return self.keys.match(query, self.top_k, allowed, self.ordered_selection)
 
     def selected_task(self, selection: torch.Tensor | None) -> torch.Tensor | None:
         # with the prompt mask, slots t*k..(t+1)*k-1 are task t's: the selection names a task
@@ -104,10 +106,10 @@ class KeyQueryLearner(Learner):
         if self.method.prompt_mask:
             slots = torch.arange(self.task_slots(task).start, self.task_slots(task).stop, device=query.device)
             return slots.expand(b, -1)
-        ids = self.keys.match(query, self.top_k)
+        ids = self.keys.match(query, self.top_k, ordered=self.ordered_selection)
         if self.method.train_batchwise:
             # the majority of the global batch (every rank gathers every rank's matches)
-            ids = majority_selection(all_gather_cat(ids)).to(query.device).expand(b, -1)
+            ids = majority_selection(all_gather_cat(ids), self.ordered_selection).to(query.device).expand(b, -1)
         return ids
 
     def train_loss(self, task: int):
