@@ -132,7 +132,8 @@ class RunConfig:
     seed: int = at_least(0, 42)  # NumPy's seeding takes no negative numbers
     device: str = matching(r"auto|cpu|mps|cuda(:\d+)?", "auto", "auto, cpu, mps, cuda or cuda:<index>")
     resume: bool = False
-    progress: bool = True
+    # progress bars: auto (only when stderr is a terminal), true or false; without bars, one line per epoch
+    progress: Any = field(default="auto", metadata={"choices": ("auto", True, False)})
     paths: PathsConfig = field(default_factory=PathsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
