@@ -87,8 +87,9 @@ class AdapterBank(nn.Module):
         return len(self.sets)
 
     def add(self, copy_of: int | None = None) -> int:
-        """Append a fresh set (zero output) or a copy of set ``copy_of``; returns its index."""
-        new = AdapterSet(*self.geometry)
+        """Append a fresh set (zero output) or a copy of set ``copy_of``, in the bank's train/eval mode; returns
+        its index."""
+        new = AdapterSet(*self.geometry).train(self.training)
         if copy_of is not None:
             new.load_state_dict(self.sets[copy_of].state_dict())
         if len(self.sets):
