@@ -1,5 +1,5 @@
 """AdaptFormer-style bottleneck adapters parallel to the MLP of a timm ViT's blocks (RanPAC's first-session
-adaptation, docs/algorithm.md#ranpac; EASE, MOS, APER, TUNA: /work/shared/ADAPTER_METHODS.md section 0).
+adaptation, docs/algorithm.md#ranpac; the module EASE, MOS, APER and TUNA share).
 
 In block ``i`` the adapter reads the residual stream after attention ``h`` (the input of ``norm2``, no
 LayerNorm of its own) and its output is added to the MLP's:
