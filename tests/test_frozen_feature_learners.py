@@ -18,7 +18,7 @@ from norga.engine.options import refuse_untaken_options
 from norga.engine.run import ContinualRun
 from norga.methods.ranpac import RidgeStatistics, ridge_solve, select_ridge
 from norga.methods.simplecil import PrototypeHead
-from norga.models.adapter import ParallelAdapters
+from norga.models.peft import ParallelAdapters
 from norga.models.vit import build_frozen_backbone, vit_features
 from tests.learning import CONF, LEARN, learned_state, with_logger
 
@@ -197,7 +197,7 @@ def test_new_adapters_leave_the_backbone_unchanged():
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(vit_features(vit, x), vit_features(plain, x))
-        torch.nn.init.normal_(adapters.adapters[2].up.weight)  # a trained adapter does change them
+        torch.nn.init.normal_(adapters.adapters["2"].up.weight)  # a trained adapter does change them
         assert not torch.allclose(vit_features(vit, x), vit_features(plain, x))
         adapters.remove()
         assert torch.equal(vit_features(vit, x), vit_features(plain, x))

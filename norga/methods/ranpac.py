@@ -4,7 +4,7 @@ in closed form from statistics accumulated over all tasks (docs/algorithm.md#ran
     h = ReLU(f W),  W (d, M) ~ N(0, 1);   G += H^T H,  Q += H^T Y;   W_o = solve(G + lambda I, Q);   logits = h W_o^T
 
 A task is ``ridge -> evaluate``; with ``method.first_session_adaptation`` task 0 first runs ``adaptation``:
-AdaptFormer adapters (:mod:`norga.models.adapter`) trained with a cosine head on task 0, then frozen for good.
+AdaptFormer adapters (:mod:`norga.models.peft.adapter`) trained with a cosine head on task 0, then frozen for good.
 
 State. The head (W_o, ``(C, M)`` float32) and the chosen lambdas are in every checkpoint. G is ``M x M``
 float64 (800 MB at M = 10000): it is not checkpointed. Each task's query features ``(n_t, d)`` are written
@@ -31,7 +31,7 @@ from norga.engine.seeding import stage_seed
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import tensor_digest
 from norga.methods.simplecil import FrozenFeatureLearner
-from norga.models.adapter import ParallelAdapters
+from norga.models.peft import ParallelAdapters
 
 log = logging.getLogger(__name__)
 
