@@ -19,7 +19,7 @@ from torch import nn
 from norga.engine.distributed import all_gather_cat, data_parallel
 from norga.engine.evaluate import majority_selection
 from norga.engine.loops import masked_logits, shard_cross_entropy, shard_mean
-from norga.engine.optim import build_optimizer, scaled_lr
+from norga.engine.optim import BY_GLOBAL_BATCH
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner, tensor_digest
 from norga.models.keys import PromptKeys
@@ -30,10 +30,12 @@ class KeyQueryLearner(Learner):
     """Subclasses build ``self.prompts`` in :meth:`build_prompts` and define :meth:`prompted_features` and
     :meth:`prompt_tensors`."""
 
+    takes_batchwise_prompt = True
+    lr_scaling = BY_GLOBAL_BATCH
+
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        self.refuse_gate()
         self.dim, self.heads, self.head_dim = head_geometry(backbone)
         self.top_k = int(m.top_k)
         self.pool_size = int(m.pool_size or benchmark.num_tasks)
@@ -145,14 +147,12 @@ class KeyQueryLearner(Learner):
         return scheduler
 
     def train(self, ctx: StageContext) -> None:
-        cfg, m, task = self.cfg, self.method, ctx.task
+        m, task = self.method, ctx.task
         if task > 0 and ctx.start_epoch == 0 and m.shared_prompt_pool:
             self.copy_prompts(self.task_slots(task - 1), self.task_slots(task))
         trained = self.trained_modules()
         params = [p for module in trained.values() for p in module.parameters()]
-        optimizer = build_optimizer(cfg.optimizer, [(params, scaled_lr(cfg.optimizer.lr, cfg.train.batch_size))])
-        ctx.attach(optimizer)
         for module in self.modules().values():
             module.train()
         step = data_parallel(trained, self.train_loss(task))
-        self.train_epochs(ctx, step, optimizer, params, self.schedule(task), m.name)
+        self.train_epochs(ctx, step, params, desc=m.name, schedule=self.schedule(task))
