@@ -24,7 +24,7 @@ def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
     """Multiplier of the base lr in ``epoch`` (0-based) of a stage with ``epochs`` epochs.
 
     ``step``: ``gamma ** (epoch // step_epochs)``; ``cosine``: half-cosine from 1 to ``min_lr / lr`` over
-    the stage (returned relative to 1; the caller applies ``min_factor``); ``coda_cosine``: CODA-Prompt's
+    the stage (returned relative to 1; the caller applies ``min_factor``); ``coda_cosine``: the schedule
     ``cos(99 pi e / (200 (epochs - 1)))``, from 1 at the first epoch to cos(0.495 pi) ~ 0.016 at the last.
     """
     name = schedule["name"]
