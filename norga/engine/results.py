@@ -7,8 +7,6 @@ An evaluation stage carries a tag (:class:`norga.engine.stages.Stage`): ``""`` i
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from norga.engine.evaluate import EvalResult
@@ -99,19 +97,3 @@ class RunResults:
         if metrics["tii_acc"] is not None:
             values["eval/tii_acc"] = metrics["tii_acc"]
         return values
-
-
-def write_metrics(run_dir: Path, metrics: dict) -> None:
-    """Replace ``<run_dir>/metrics.json`` atomically (a reader never sees half a file)."""
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    tmp.replace(run_dir / "metrics.json")
-
-
-def recorded_metrics(run_dir: Path) -> dict | None:
-    """The ``metrics.json`` already in ``run_dir`` (an earlier part of the run), or None."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None

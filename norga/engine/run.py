@@ -26,8 +26,9 @@ from norga.engine.checkpointing import Checkpointer, Cursor, RunClock
 from norga.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
-from norga.engine.logging import NullLogger, to_run_log
-from norga.engine.results import RunResults, recorded_metrics, write_metrics
+from norga.engine.logging import NullLogger
+from norga.engine.metrics_file import MetricsFile
+from norga.engine.results import RunResults
 from norga.engine.run_dir import accept_run_dir, open_record
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
@@ -67,7 +68,8 @@ class ContinualRun:
     """One run: any learner trained task by task on a benchmark, stage by stage, with the evaluations its
     stages ask for. The run directory is admitted (:mod:`norga.engine.run_dir`), checkpoints are written and
     read by a :class:`~norga.engine.checkpointing.Checkpointer`, results are kept by
-    :class:`~norga.engine.results.RunResults`; this class schedules the stages and evaluations between them.
+    :class:`~norga.engine.results.RunResults` and written by :class:`~norga.engine.metrics_file.MetricsFile`;
+    this class builds the run and schedules the stages and evaluations.
     The config is taken as composed: :func:`norga.runner.run` checks it against its schemas first."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, launch: dict[str, str] | None = None,
@@ -91,6 +93,7 @@ class ContinualRun:
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.logger: Any = NullLogger()
         self.checkpoints = Checkpointer(self.ckpt_dir, self.dist.is_main)
+        self.metrics_file = MetricsFile(self.run_dir, cfg, self.config, self.dist.is_main)
         self.clock = RunClock()
         self.epoch_counter = 0
         self._resume_id: str | None = None
@@ -191,52 +194,17 @@ class ContinualRun:
 
     def metrics(self, finished: bool) -> dict:
         """``metrics.json`` as it stands: what was run, what was measured, counters and the config."""
-        return {**self._description(finished), "num_tasks": self.benchmark.num_tasks,
+        return {**self.metrics_file.description(finished), "num_tasks": self.benchmark.num_tasks,
                 **self.results.metrics(),
                 "vit_passes": round(self.evaluator.vit_passes, 4),
                 "prompt_changes": self.evaluator.prompt_changes,
                 "wall_time_s": round(self.clock.total, 2),
                 "config": self.config}
 
-    def _description(self, finished: bool) -> dict[str, Any]:
-        cfg = self.cfg
-        return {"finished": finished, "dataset": cfg.dataset.name, "backbone": cfg.backbone.name,
-                "method": cfg.method.name, "gate": cfg.method.get("gate"), "bound": cfg.get("bound"),
-                "seed": cfg.seed}
-
-    def _write_metrics(self, finished: bool, error: str | None = None) -> dict:
-        if hasattr(self, "results"):
-            metrics = self.metrics(finished)
-        else:  # stopped while building: keep what an earlier part of the run recorded
-            metrics = recorded_metrics(self.run_dir) or self._metrics_before_build()
-            metrics["finished"] = False
-        if error:
-            metrics["error"] = error
-        if self.dist.is_main:
-            write_metrics(self.run_dir, metrics)
-        return metrics
-
-    def _metrics_before_build(self) -> dict:
-        description = self._description(False)
-        del description["bound"]
-        return {**description, "num_tasks": self.cfg.dataset.num_tasks, "tasks_done": 0, "acc_matrix": [],
-                "config": self.config}
-
     def _record_failure(self, err: BaseException) -> None:
-        """Write why the run stopped to ``run.log`` and ``metrics.json`` (``finished: false``, ``error``); the
-        app shows it on the screen. An interruption is no error: the log says what the checkpoint holds."""
-        if isinstance(err, KeyboardInterrupt):
-            log.warning("interrupted: %s", self.checkpoints.describe())
-            return
-        if not isinstance(err, Exception):
-            return
-        text = str(err) if isinstance(err, NorgaError) else f"{type(err).__name__}: {err}"
-        to_run_log(text, exc=None if isinstance(err, NorgaError) else err)
-        if self.dist.is_main:
-            try:
-                self._write_metrics(finished=False, error=text)
-            except Exception:  # noqa: BLE001 - the run's own error is the one to report
-                log.exception("could not record the error in %s", self.run_dir / "metrics.json")
+        built = hasattr(self, "results")  # else stopped while building: keep what was recorded before
+        self.metrics_file.record_failure(err, (lambda: self.metrics(False)) if built else None,
+                                         self.checkpoints.describe)
 
     # ---- running -----------------------------------------------------------------------------------
     def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:
@@ -281,7 +249,7 @@ class ContinualRun:
         following = self.stages(task + 1)[0].name if task + 1 < self.benchmark.num_tasks else "done"
         cursor = (task + 1, following, 0)
         self.checkpoints.save_task(self._state(cursor), cursor, task)
-        metrics = self._write_metrics(finished=task == self.benchmark.num_tasks - 1)
+        metrics = self.metrics_file.write(self.metrics(finished=task == self.benchmark.num_tasks - 1))
         log.info(self.results.task_line(task, self.benchmark.num_tasks, metrics["tii_acc"], self.clock.total))
         self.logger.log(self.results.task_values(task, metrics))
         self.logger.log_matrix("acc_matrix", self.acc, task)
@@ -299,7 +267,7 @@ class ContinualRun:
             while task < self.benchmark.num_tasks:
                 self.run_task(task, stage, epoch, in_stage)
                 task, stage, epoch, in_stage = task + 1, None, 0, None
-            metrics = self._write_metrics(finished=True)
+            metrics = self.metrics_file.write(self.metrics(finished=True))
             if not self.dist.is_main:
                 exit_code = 0
                 return metrics
