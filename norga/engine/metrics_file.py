@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from norga.engine.logging import to_run_log
 from norga.errors import NorgaError
+from norga.fidelity import fidelity_of_config
 
 log = logging.getLogger("norga")
 
@@ -33,7 +34,7 @@ class MetricsFile:
         cfg = self.cfg
         return {"finished": finished, "dataset": cfg.dataset.name, "backbone": cfg.backbone.name,
                 "method": cfg.method.name, "gate": cfg.method.get("gate"), "bound": cfg.get("bound"),
-                "seed": cfg.seed}
+                "fidelity": fidelity_of_config(cfg), "seed": cfg.seed}
 
     def write(self, metrics: dict) -> dict:
         """Replace the file with ``metrics`` atomically (a reader never sees half a file); returns them."""
@@ -52,7 +53,7 @@ class MetricsFile:
         except (OSError, ValueError):
             pass
         description = self.description(False)
-        del description["bound"]
+        del description["bound"], description["fidelity"]
         return {**description, "num_tasks": self.cfg.dataset.num_tasks, "tasks_done": 0, "acc_matrix": [],
                 "config": self.config}
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from norga.engine.record import result_free
+from norga.fidelity import fidelity_of_record
 from norga.metrics import summarize
 from norga.report.model import METRICS, NO_GATE, Duplicate, Failed, Group, GroupKey, Report, Run, Unfinished
 
 # Task overrides (from .hydra/overrides.yaml) that do not make a run a different experiment: the row's own
 # keys and bookkeeping. Anything else (optimizer.lr=..., debug=..., method.prompt_length=...) starts a
 # separate group so that different settings are never averaged together.
-_ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep", "bound"})
+_ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep", "bound", "fidelity"})
 _BOOKKEEPING_ROOTS = frozenset({"logger", "paths", "hydra", "wandb"})
 
 
@@ -205,7 +206,7 @@ def load_run(run_dir: Path) -> Run | Failed | Unfinished:
         if values[key] is None:
             values[key] = value
     key = GroupKey(info["dataset"], info["backbone"], info["method"], _gate(info.get("gate")), total,
-                   info.get("variant", ""), _bound(info.get("bound")))
+                   info.get("variant", ""), _bound(info.get("bound")), fidelity_of_record(data))
     seed = info.get("seed") if isinstance(info.get("seed"), int) else None
     matrix = [[float(x) for x in row] for row in acc]
     return Run(run_dir, key, seed, values, matrix, metrics_file.stat().st_mtime)

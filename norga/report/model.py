@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from norga import paper_results
+from norga.fidelity import CORRECTED, fidelity_tag
 
 NA = "n/a"
 NO_GATE = "-"
@@ -47,10 +48,12 @@ class GroupKey:
     num_tasks: int
     variant: str = ""  # sorted extra task overrides, "" when none
     bound: str = ""  # "" for a continual run, "joint" for the all-classes-at-once upper bound
+    fidelity: str = CORRECTED  # norga.fidelity: corrected, or reference (labelled)
 
     @property
     def method_label(self) -> str:
-        return f"{self.method} ({self.bound})" if self.bound else self.method
+        tags = ", ".join(t for t in (self.bound, fidelity_tag(self.fidelity)) if t)
+        return f"{self.method} ({tags})" if tags else self.method
 
     @property
     def label(self) -> str:
@@ -59,13 +62,14 @@ class GroupKey:
 
     def sort_key(self) -> tuple:
         """The paper's order: bounds after continual rows, then by method, then dataset and backbone."""
-        return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.dataset,
+        return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.fidelity, self.dataset,
                 self.backbone, self.gate, self.num_tasks, self.variant)
 
     @property
     def file_stem(self) -> str:
         gate = "nogate" if self.gate == NO_GATE else self.gate
-        parts = [self.dataset, self.backbone, self.method, gate, *([self.bound] if self.bound else [])]
+        parts = [self.dataset, self.backbone, self.method, gate, *([self.bound] if self.bound else []),
+                 *([fidelity_tag(self.fidelity)] if fidelity_tag(self.fidelity) else [])]
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))
         stem = f"{stem}_T{self.num_tasks}"
         if self.variant:  # overrides can be long or hold '/', a hash keeps the name short and unique

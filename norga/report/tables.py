@@ -7,6 +7,7 @@ import io
 from collections.abc import Sequence
 
 from norga import paper_results
+from norga.fidelity import CORRECTED
 from norga.report.loading import joint_reference
 from norga.report.model import METRICS, NA, NO_GATE, PAPER_METRICS, STD_NOTE, Group, GroupKey, Report
 
@@ -125,6 +126,8 @@ def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list
         header += ["paper_gate_fa", "diff_gate_fa"]
     if show_joint:
         header += ["bound", "joint_ref", "joint_gap_fa"]
+    show_fidelity = any(g.key.fidelity != CORRECTED for g in groups)
+    header += ["fidelity"] if show_fidelity else []
     rows = []
     for g in groups:
         k = g.key
@@ -145,6 +148,7 @@ def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list
         if show_joint:
             gap, ref = _joint_gap(g, groups)
             row += [k.bound, "" if ref is None else _joint_name(ref), _fmt(gap)]
+        row += [k.fidelity] if show_fidelity else []
         rows.append(row)
     return header, rows
 
