@@ -14,6 +14,7 @@ from norga.config import register
 from norga.data import build_benchmark
 from norga.engine import evaluate, loops
 from norga.engine import run as engine_run
+from norga.engine.options import refuse_untaken_options
 from norga.engine.run import ContinualRun
 from norga.methods.ranpac import RidgeStatistics, ridge_solve, select_ridge
 from norga.methods.simplecil import PrototypeHead
@@ -166,8 +167,11 @@ def benchmark_and_backbone():
 def test_wrong_settings_fail_naming_the_key(overrides, key, benchmark_and_backbone):
     benchmark, backbone = benchmark_and_backbone
     cfg = compose_cfg(overrides)
+    learner = get_class(cfg.method._target_)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        get_class(cfg.method._target_)(cfg, backbone, benchmark, torch.device("cpu"))
+        # as the engine builds a learner: the options it does not declare are refused first
+        refuse_untaken_options(learner, cfg.method)
+        learner(cfg, backbone, benchmark, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dataset, adapted", [("cifar100", True), ("imr", False)])
