@@ -95,7 +95,15 @@ def cli() -> None:
         from hydra.errors import CompactHydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if show_traceback() or not isinstance(err, CompactHydraException):
+        if show_traceback():
+            raise
+        if isinstance(err, OSError) and not isinstance(err, CompactHydraException):
+            # the file system refused (a folder not writable, a full disk): the user's to fix
+            from norga.output_dirs import explain_os_error
+
+            print_error(explain_os_error(err))
+            sys.exit(1)
+        if not isinstance(err, CompactHydraException):
             raise
         from norga.config import explain_compose_error
 

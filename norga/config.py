@@ -196,8 +196,24 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
 
 def config_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
     """``(dotted key, what is wrong)`` for each problem of ``cfg``, walking every node whose type is a schema
-    dataclass (``OmegaConf.get_type``); untyped nodes (``_target_`` dicts) belong to their targets."""
-    yield from _walk(cfg, "")
+    dataclass (``OmegaConf.get_type``); untyped nodes (``_target_`` dicts) belong to their targets. Then the
+    method schema's rules between keys (``check``), for keys whose own values passed; one problem per key."""
+    seen = set()
+    for key, text in [*_walk(cfg, ""), *_cross_field(cfg)]:
+        if key not in seen:
+            seen.add(key)
+            yield key, text
+
+
+def _cross_field(cfg: DictConfig) -> list[tuple[str, str]]:
+    method = cfg.get("method") if isinstance(cfg, DictConfig) else None
+    check = getattr(OmegaConf.get_type(method), "check", None) if isinstance(method, DictConfig) else None
+    if check is None:
+        return []
+    try:
+        return list(check(cfg))
+    except Exception:  # noqa: BLE001 - a value of the wrong kind is reported by its own field's rule
+        return []
 
 
 def problem_report(problems: list[tuple[str, str]], overrides: Iterable[str] = ()) -> str:

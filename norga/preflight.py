@@ -38,6 +38,7 @@ from norga.config import config_problems, explain_compose_error, problem_lines, 
 from norga.engine.record import recorded_config, refuse_changed_config, refuse_new_run
 from norga.engine.threads import SWEEP_JOBS_ENV
 from norga.errors import NorgaError, print_error, show_traceback
+from norga.output_dirs import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def check_run(config: DictConfig) -> None:
     run_dir = OmegaConf.select(config, "hydra.run.dir")
     if run_dir:
         run_dir = Path(os.path.abspath(str(run_dir)))
+        check_writable(run_dir, "hydra.run.dir")
         if config.get("resume"):
             _refuse_changed_config(run_dir, config)
         else:
@@ -102,6 +104,9 @@ def check_sweep(config: DictConfig) -> None:
     """Compose and validate every job of the sweep, look for every job's dataset and backbone checkpoint, and
     raise :class:`SweepCheckError` listing all that is wrong; nothing is launched or written before."""
     start = time.perf_counter()
+    sweep_dir = OmegaConf.select(config, "hydra.sweep.dir")
+    if sweep_dir:
+        check_writable(sweep_dir, "hydra.sweep.dir")
     jobs = sweep_jobs(config)
     # the jobs' share of the cores counts the jobs that run at once; the launcher's processes inherit this
     os.environ[SWEEP_JOBS_ENV] = str(len(jobs))
