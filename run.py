@@ -115,6 +115,11 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
+    if {"--help", "-h"} & set(sys.argv[1:]):  # norga's page; Hydra's stays at --hydra-help
+        from norga.help import page
+
+        print(page())
+        sys.exit(0)
     if int(os.environ.get("RANK", "0")) > 0:
         # Under torchrun only rank 0 writes outputs; Hydra makes a run dir in every process, so the other
         # ranks get a scratch one instead of a stray folder under outputs/.

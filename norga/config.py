@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from norga.errors import ConfigError
+from norga.help import explain_missing_option
 from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choice, positive
 
 # The prefix-attention kernels (norga.models.attention.PREFIX_IMPLS, which imports torch: composing a config
@@ -243,10 +244,14 @@ def unknown_key(key: str, schema: type, prefix: str = "") -> str:
 
 
 def explain_compose_error(err: BaseException) -> str | None:
-    """A norga message for Hydra's failure to override a key no schema has, or None for other errors.
+    """A norga message for Hydra's failure to override a key no schema has or to find a group's option
+    (:func:`norga.help.explain_missing_option`), or None for other errors.
 
     Hydra answers ``train.epoch=3`` with "To append to your config use +train.epoch=3": a key that no schema
     declares is never what a run wants (norga refuses it), so the message names the closest real keys."""
+    missing = explain_missing_option(err)
+    if missing:
+        return missing
     cause = err.__cause__
     schema = getattr(cause, "object_type", None)
     key, full_key = getattr(cause, "key", None), getattr(cause, "full_key", None)
