@@ -1,8 +1,9 @@
 """Checks before a run or a sweep starts (a Hydra callback, ``hydra.callbacks.preflight`` in
 ``conf/config.yaml``), so that a command that cannot work launches nothing, builds nothing and writes nothing.
 
-* A run: its config is validated (:func:`norga.config.validate`: ranges, options, keys no schema declares),
-  and a start without ``resume=true`` in a directory that holds a run is refused (:mod:`norga.engine.record`).
+* A run: its config is validated (:func:`norga.config.validate`: ranges, options, keys no schema declares,
+  the method's rules between keys), its output folder must be writable, the data of norga's loaders must be
+  there, and a start without ``resume=true`` in a directory that holds a run is refused (:mod:`norga.engine.record`).
 * A sweep: every job's config is composed as the launcher will compose it and validated, and the datasets
   and backbone checkpoints of all jobs are looked for; one report lists everything that is wrong or missing,
   before the first job folder exists.
@@ -80,6 +81,9 @@ def check_run(config: DictConfig) -> None:
             _refuse_changed_config(run_dir, config)
         else:
             refuse_new_run(run_dir)
+    source = _resolved(config.dataset.source)
+    if isinstance(source, dict) and str(source.get("_target_", "")).startswith("norga.data."):
+        check_data(source)  # norga's loaders are looked for without reading; another loader reads at build
     if needs_hub(config.backbone):
         hub_offline_if_unreachable()
 

@@ -10,7 +10,10 @@ method order (L2P, DualPrompt, S-Prompt, CODA-Prompt, HiDe-Prompt, NoRGa, then S
 upper bounds (``"bound": "joint"``) last, each continual row showing its gap to a joint row. A seed
 finished twice in one group counts once (the newest run; ``--strict`` makes it an error). Nothing else is
 averaged or dropped silently: runs that stopped on an error are listed under "Failed runs", the rest
-(killed, still running, unreadable) under "Unfinished runs".
+(killed, still running, unreadable) under "Unfinished runs"; runs refused before they started (an error the
+user can fix, found before the first stage ran: missing data or weights, settings that do not combine;
+``"refused": true`` in metrics.json) are skipped, with their count. ``--plot`` also draws one comparison figure
+per dataset and protocol (:mod:`norga.metrics.comparison`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from norga import paper_results
 from norga.config import RESULT_FREE_KEYS
 from norga.metrics import average_accuracy_curve, summarize
+from norga.metrics.comparison import write_comparisons
 
 NA = "n/a"
 NO_GATE = "-"
@@ -147,6 +151,11 @@ class Failed(_NotAResult):
     """A run that stopped on an error; ``reason`` is the error's first line."""
 
 
+@dataclass(frozen=True)
+class Refused(_NotAResult):
+    """A run refused before its first stage ran (nothing trained); the report skips it and counts it."""
+
+
 @dataclass
 class Group:
     key: GroupKey
@@ -190,6 +199,7 @@ class Report:
     duplicates: list[Duplicate]
     failed: list[Failed]
     unfinished: list[Unfinished]
+    refused: list[Refused] = field(default_factory=list)
 
 
 def _path(path: Path, markdown: bool) -> str:
@@ -331,7 +341,7 @@ def log_error(log_file: Path) -> str | None:
     return None
 
 
-def load_run(run_dir: Path) -> Run | Failed | Unfinished:
+def load_run(run_dir: Path) -> Run | Failed | Refused | Unfinished:
     """Read one run directory: a finished result, a run that failed with an error, or anything else
     (running, killed, unreadable) as ``Unfinished``."""
     info = _hydra_info(run_dir)
@@ -363,6 +373,8 @@ def load_run(run_dir: Path) -> Run | Failed | Unfinished:
     label = _row_label(info)
 
     if data.get("finished") is not True:
+        if data.get("refused") is True:
+            return Refused(run_dir, label, 0, total, _first_line(data.get("error")))
         if data.get("error") is not None:
             return Failed(run_dir, label, len(acc), total, _first_line(data["error"]))
         return Unfinished(run_dir, label, len(acc), total, "not finished")
@@ -425,7 +437,7 @@ def build_report(run_dirs: Iterable[Path]) -> Report:
     loaded = [load_run(d) for d in run_dirs]
     runs, duplicates = drop_duplicate_seeds(r for r in loaded if isinstance(r, Run))
     return Report(group_runs(runs), duplicates, [r for r in loaded if isinstance(r, Failed)],
-                  [r for r in loaded if isinstance(r, Unfinished)])
+                  [r for r in loaded if isinstance(r, Unfinished)], [r for r in loaded if isinstance(r, Refused)])
 
 
 def joint_reference(key: GroupKey, groups: Iterable[Group]) -> Group | None:
@@ -617,6 +629,8 @@ def render_markdown(report: Report, paper: bool) -> str:
                   "", _bullets([d.line(markdown=True) for d in report.duplicates])]
     parts += ["", "## Failed runs", "", _bullets([f.line(markdown=True) for f in report.failed])]
     parts += ["", "## Unfinished runs", "", _bullets([u.line(markdown=True) for u in report.unfinished])]
+    if report.refused:
+        parts += ["", refused_note(report.refused)]
     return "\n".join(parts) + "\n"
 
 
@@ -713,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fail (exit 1) when a seed finished more than once in a row, instead of using "
                         "the newest run")
     parser.add_argument("--plot", type=Path, metavar="OUTDIR",
-                        help="write per-group accuracy-curve and accuracy-matrix PNGs to OUTDIR")
+                        help="write per-group accuracy-curve and accuracy-matrix PNGs to OUTDIR, and one figure per "
+                        "dataset and protocol that compares the methods (compare_*.png)")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
     parser.add_argument("--format", choices=("md", "csv"), default="md",
                         help="what to print: Markdown (default) or CSV; with csv, notes go to stderr")
@@ -728,6 +743,16 @@ def _print_notes_csv(report: Report) -> None:
         print(f"failed: {f.line()}", file=sys.stderr)
     for u in report.unfinished:
         print(f"unfinished: {u.line()}", file=sys.stderr)
+    if report.refused:
+        print(refused_note(report.refused), file=sys.stderr)
+
+
+def refused_note(refused: Sequence[Refused]) -> str:
+    """One line: how many refused runs were skipped, and why (each reason once)."""
+    reasons = sorted({r.reason[:100] for r in refused})
+    shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
+    return (f"Skipped {len(refused)} run folder(s) refused before training started (nothing was trained; "
+            f"delete them at will): {shown}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -765,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for group in report.groups:
             for path in plot_group(group, args.plot):
                 print(f"plot: {path}", file=notes)
+        for path in write_comparisons(report.groups, args.plot):
+            print(f"comparison: {path}", file=notes)
     return 0
 
 

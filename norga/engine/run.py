@@ -121,7 +121,7 @@ class ContinualRun:
         try:
             self._build(cfg)
         except BaseException as err:
-            self._record_failure(err)
+            self._record_failure(err, refused=True)  # nothing ran: the report counts it apart
             raise
 
     def _build(self, cfg: DictConfig) -> None:
@@ -288,7 +288,7 @@ class ContinualRun:
         out["config"] = self.config
         return out
 
-    def _write_metrics(self, finished: bool, error: str | None = None) -> dict:
+    def _write_metrics(self, finished: bool, error: str | None = None, refused: bool = False) -> dict:
         if hasattr(self, "evaluator"):
             metrics = self.metrics(finished)
         else:  # stopped while building: keep what an earlier part of the run recorded
@@ -296,6 +296,8 @@ class ContinualRun:
             metrics["finished"] = False
         if error:
             metrics["error"] = error
+        if refused:
+            metrics["refused"] = True
         if not self.dist.is_main:
             return metrics
         tmp = self.run_dir / ".metrics.json.tmp"
@@ -315,9 +317,10 @@ class ContinualRun:
                 "method": cfg.method.name, "gate": cfg.method.get("gate"), "seed": cfg.seed,
                 "num_tasks": cfg.dataset.num_tasks, "tasks_done": 0, "acc_matrix": [], "config": self.config}
 
-    def _record_failure(self, err: BaseException) -> None:
-        """Write why the run stopped to ``run.log`` and ``metrics.json`` (``finished: false``, ``error``); the
-        app shows it on the screen. An interruption is no error: the log says what the checkpoint holds."""
+    def _record_failure(self, err: BaseException, refused: bool = False) -> None:
+        """Write why the run stopped to ``run.log`` and ``metrics.json`` (``finished: false``, ``error``; with
+        ``refused``, a user-fixable error before anything ran, also ``refused: true``); the app shows it on the
+        screen. An interruption is no error: the log says what the checkpoint holds."""
         if isinstance(err, KeyboardInterrupt):
             log.warning("interrupted: %s", self._checkpoint_state())
             return
@@ -327,7 +330,8 @@ class ContinualRun:
         to_run_log(text, exc=None if isinstance(err, NorgaError) else err)
         if self.dist.is_main:
             try:
-                self._write_metrics(finished=False, error=text)
+                self._write_metrics(finished=False, error=text,
+                                    refused=refused and isinstance(err, NorgaError) and not self.cfg.resume)
             except Exception:  # noqa: BLE001 - the run's own error is the one to report
                 log.exception("could not record the error in %s", self.run_dir / "metrics.json")
 
