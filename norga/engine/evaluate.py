@@ -208,7 +208,7 @@ class Evaluator:
         subset = dataset if whole else Subset(dataset, indices.tolist())
         sel = torch.tensor(row, dtype=torch.long) if row else None
         out, start = [], 0
-        desc = f"test {task}: " + (f"prompt {' '.join(map(str, row))}" if row else "features")
+        desc = f"test task {task + 1}: " + (f"prompt {' '.join(map(str, row))}" if row else "features")
         for x, _ in tqdm(self._loader(subset), desc=desc, leave=False, disable=not self.progress):
             q = queries[indices[start:start + len(x)]].to(self.device)
             start += len(x)
@@ -221,7 +221,7 @@ class Evaluator:
         """Needed when features depend on batch composition (the reference prefix layout)."""
         loader = self._loader(self._test_set(task))
         logits, labels, chosen_all, per_sample_all = [], [], [], []
-        for x, y in tqdm(loader, desc=f"test {task}", leave=False, disable=not self.progress):
+        for x, y in tqdm(loader, desc=f"test task {task + 1}", leave=False, disable=not self.progress):
             x = x.to(self.device)
             query = learner.query(x)
             per_sample = learner.select(query, upto_task)

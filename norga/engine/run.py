@@ -233,7 +233,7 @@ class ContinualRun:
         if state is None and not self.dist.is_main and path.is_file():
             state = load_checkpoint(path)
         if state is None:
-            log.info("resume=true but no checkpoint in %s: starting from task 0", self.ckpt_dir)
+            log.info("resume=true but no checkpoint in %s: starting from task 1", self.ckpt_dir)
             return 0, self.stages(0)[0].name, 0, None
         cursor = state["cursor"]
         task, stage, epoch = cursor["task"], cursor["stage"], cursor["epoch"]
@@ -249,7 +249,7 @@ class ContinualRun:
         self.epoch_counter, self.wall_time = run["epoch_counter"], run["wall_time"]
         self._resume_id = run["logger_run_id"]
         self._saved = (task, stage, epoch)
-        log.info("resumed from %s at task %d, stage %s, epoch %d", path, task, stage, epoch)
+        log.info("resumed from %s at task %d, stage %s, epoch %d", path, task + 1, stage, epoch + 1)
         in_stage = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]} if epoch > 0 else None
         return task, stage, epoch, in_stage
 
@@ -337,10 +337,10 @@ class ContinualRun:
 
     def _checkpoint_state(self) -> str:
         if self._saved is None:
-            return f"no checkpoint was written in {self.ckpt_dir} yet; a resume starts from task 0"
-        task, stage, epoch = self._saved
-        return (f"{self.ckpt_dir / 'last.pt'} holds the run up to task {task}, stage {stage}, epoch {epoch}; "
-                "a resume continues from there")
+            return f"no checkpoint was written in {self.ckpt_dir} yet; a resume starts from task 1"
+        task, stage, epoch = self._saved  # the cursor: what runs next; tasks and epochs numbered from 1 here
+        return (f"{self.ckpt_dir / 'last.pt'} holds the run up to task {task + 1}, stage {stage}, epoch "
+                f"{epoch + 1} (not yet run); a resume continues from there")
 
     # ---- running -----------------------------------------------------------------------------------
     def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:

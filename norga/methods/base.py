@@ -182,7 +182,7 @@ class Learner:
             gen = ctx.seed_epoch(epoch)
             lr_now = set_epoch_lr(optimizer, schedule, epoch, epochs)
             loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device,
-                               cfg.train.clip_grad, f"task {task} {desc} epoch {epoch + 1}/{epochs}",
+                               cfg.train.clip_grad, f"task {task + 1} {desc} epoch {epoch + 1}/{epochs}",
                                cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
             if epoch == epochs - 1 and before_last_checkpoint is not None:
                 before_last_checkpoint()

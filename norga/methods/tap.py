@@ -43,7 +43,7 @@ def train_on_statistics(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     ctx.attach(optimizer, schedule)
     model.train()
-    where = f"task {ctx.task} {ctx.stage}"
+    where = f"task {ctx.task + 1} {ctx.stage}"
     for epoch in tqdm(range(ctx.start_epoch, epochs), desc=where, leave=False, disable=not progress):
         maybe_crash(f"{ctx.point}/epoch{epoch}")
         ctx.seed_epoch(epoch)
