@@ -34,6 +34,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import InterpolationResolutionError
 
 from norga.config import config_problems, explain_compose_error, problem_lines, validate
 from norga.engine.record import recorded_config, refuse_changed_config, refuse_new_run
@@ -60,10 +61,14 @@ class Preflight(Callback):
 def _or_exit(check: Callable[[], None]) -> None:
     try:
         check()
-    except NorgaError as err:
+    except (NorgaError, InterpolationResolutionError) as err:
         if show_traceback():
             traceback.print_exc()
-        print_error(str(err))
+        text = str(err) if isinstance(err, NorgaError) else (
+            f"the config does not resolve: {str(err).splitlines()[0]}. An ${{...}} value on the command line or "
+            "in a config file names a key or resolver that does not exist; python run.py --cfg job shows the "
+            "composed config. Nothing was built or written.")
+        print_error(text)
         raise SystemExit(1) from None
 
 

@@ -135,6 +135,22 @@ def test_file_system_errors_reaching_the_app_are_explained():
     assert "free space" in explain_os_error(OSError(errno.ENOSPC, "No space left on device", "/x"))
 
 
+@pytest.mark.parametrize(("override", "first_line"), [
+    ("seed=${foo}", "error: the config does not resolve: Interpolation key 'foo' not found."),
+    ("device=cuda", "error: device=cuda asked for, but torch sees no CUDA device"),
+])
+def test_other_user_errors_are_one_paragraph(override, first_line, tmp_path):
+    if override == "device=cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+    done, _ = app(override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-2000:]
+    assert done.stderr.startswith(first_line), done.stderr
+
+
 # ---- 3. the report separates failed, refused and unfinished runs --------------------------------------------
 def _metrics(folder: Path, **fields) -> Path:
     folder.mkdir(parents=True)
