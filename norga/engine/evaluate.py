@@ -157,7 +157,7 @@ class Evaluator:
         entry = self._query.get(task)
         if entry is None or entry[0] != version:
             queries, labels = extract_features(learner.query, self._loader(dataset), self.device,
-                                               f"test {task}: query", progress=self.progress)
+                                               f"test task {task + 1}: query", progress=self.progress)
             self._query[task] = entry = (version, queries, labels)
             self.vit_passes += 1
         _, queries, labels = entry
