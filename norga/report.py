@@ -714,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
             "overrides, bound) and shown as mean ± std over seeds of FA, CA, FFM and TII, in the paper's "
             "method order, joint upper bounds last. The std is numpy's population std (ddof=0). A seed "
             "finished twice in one row counts once, the newest run. Failed and unfinished runs are listed "
-            "separately, never averaged."
+            "separately, never averaged; runs refused before they started are skipped and counted."
         ),
         epilog="Exit status: 0 when runs were reported, 1 on duplicate seeds with --strict, 2 when no run "
         "directory was found.",
