@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .errors import DatasetFileError, DatasetNotFoundError
 from .source import ImageSource, SourcePair
-from .transforms import build_transform
+from .transforms import TRANSFORM_KINDS, build_transform
 
 
 class SourceDataset(Dataset):
@@ -70,9 +70,12 @@ class Benchmark:
     """Class-incremental split of one dataset into ``num_tasks`` tasks of equal class count.
 
     Class order: ``range(C)``, shuffled with ``random.Random(seed).shuffle`` (as the reference does) when
-    ``shuffle``; task t gets the t-th consecutive group of ``C // num_tasks`` classes. Labels are the
-    dataset's own class ids, not remapped (one head covers all C classes).
-    ``mean``/``std`` reach only the transform kinds that take them (see ``build_transform``).
+    ``shuffle``, or with ``class_order="numpy_1993"`` permuted by ``numpy.random.RandomState(1993)`` whatever the
+    seed (the PILOT family's order: SimpleCIL, RanPAC); task t gets the t-th consecutive group of
+    ``C // num_tasks`` classes. Labels are the dataset's own class ids, not remapped (one head covers all C
+    classes).
+    ``mean``/``std`` reach only the transform kinds that take them (see ``build_transform``);
+    ``transform_as`` maps a transform kind to the kind used in its place (``{"cifar100": "default"}``).
     """
 
     def __init__(
@@ -84,6 +87,8 @@ class Benchmark:
         input_size: int = 224,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        class_order: str = "seeded",
+        transform_as: Mapping[str, str] | None = None,
     ):
         self.train_source, self.test_source = pair.train, pair.test
         self.classes = list(pair.train.classes)
@@ -101,8 +106,14 @@ class Benchmark:
         self.input_size = int(input_size)
         self.mean, self.std = mean, std
 
+        self.transform_as = _check_transform_as(transform_as or {})
+        if class_order not in ("seeded", "numpy_1993"):
+            raise ValueError(f"dataset.class_order must be seeded or numpy_1993, got {class_order!r}")
         order = list(range(self.num_classes))
-        if self.shuffle:
+        if self.shuffle and class_order == "numpy_1993":
+            # PILOT's data manager: np.random.seed(1993); np.random.permutation(C) (legacy MT19937)
+            order = np.random.RandomState(1993).permutation(self.num_classes).tolist()
+        elif self.shuffle:
             # The reference seeds Python's random with the run seed and shuffles list(range(C)) before any
             # other draw: the same call gives the same class order, so per-seed results are comparable.
             random.Random(self.seed).shuffle(order)
@@ -155,7 +166,7 @@ class Benchmark:
     def _subset(self, source: ImageSource, classes: Iterable[int], train: bool) -> SourceDataset:
         classes = np.asarray(list(classes), dtype=np.int64)
         indices = np.flatnonzero(np.isin(source.labels, classes))
-        transforms = {kind: self.transform(kind, train) for kind in source.transform_kinds}
+        transforms = {kind: self.transform(self.transform_as.get(kind, kind), train) for kind in source.transform_kinds}
         return SourceDataset(source, indices, transforms)
 
     def _task(self, task: int) -> int:
@@ -168,6 +179,14 @@ class Benchmark:
             f"Benchmark(classes={self.num_classes}, tasks={self.num_tasks}, seed={self.seed}, "
             f"shuffle={self.shuffle}, train={len(self.train_source)}, test={len(self.test_source)})"
         )
+
+
+def _check_transform_as(mapping: Mapping[str, str]) -> dict[str, str]:
+    unknown = sorted(({str(k) for k in mapping} | {str(v) for v in mapping.values()}) - set(TRANSFORM_KINDS))
+    if unknown:
+        raise ValueError(f"dataset.transform_as names unknown transform kinds {unknown}; known kinds: "
+                         f"{', '.join(TRANSFORM_KINDS)}")
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 def build_benchmark(
@@ -201,4 +220,6 @@ def build_benchmark(
         input_size=input_size,
         mean=mean,
         std=std,
+        class_order=dataset_cfg.get("class_order", "seeded"),
+        transform_as=dataset_cfg.get("transform_as"),
     )
