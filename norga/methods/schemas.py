@@ -272,14 +272,7 @@ class RanPACConfig(MethodConfig):
     @classmethod
     def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
         yield from super().check(cfg)
-        yield from cls.no_selection(cfg)
-        m = cfg.method
-        if not 0 < m.ridge_fit_fraction < 1:
-            yield "method.ridge_fit_fraction", (f"{m.ridge_fit_fraction} must be in (0, 1): the share of a task's "
-                                                "samples that fits each candidate ridge, the rest validates it "
-                                                "(the authors use 0.8)")
-        if m.first_session_adaptation and not 0 <= m.adaptation.dropout < 1:
-            yield "method.adaptation.dropout", f"{m.adaptation.dropout} must be in [0, 1)"
+        yield from cls.no_selection(cfg)  # its value ranges (ridge_fit_fraction, dropout) are field metadata
 
 
 # ---- CODA-Prompt --------------------------------------------------------------------------------------------
