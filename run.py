@@ -25,7 +25,7 @@ register()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from norga.engine.run import run
+    from norga.runner import run
 
     quiet_other_ranks()  # under torchrun, rank 0's lines only (Hydra has just set up logging)
     hc = HydraConfig.get()

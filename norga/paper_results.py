@@ -83,8 +83,3 @@ def gate_ablation(dataset: str, backbone: str, method: str, gate: str | None) ->
         return None
     gate_name = "none" if method == "hide" else (gate or "").lower()
     return _table().get(("gate_ablation", *names, gate_name, "FA"))
-
-
-def all_entries() -> dict[_Key, Published]:
-    """Every published number, keyed by (table, dataset, backbone, method, gate, metric) in paper names."""
-    return dict(_table())
