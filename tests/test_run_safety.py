@@ -145,12 +145,14 @@ def test_run_refused_while_building_records_the_error_and_the_report_skips_it(tm
 
 
 def test_a_method_that_cannot_take_the_config_is_a_config_error(tmp_path):
-    """``method=l2p gate=tanh``: refused by the validator, before the run directory is written."""
+    """``method=l2p gate=tanh`` given to the engine directly (the app's validator refuses it before): the
+    learner's ValueError is the user's to fix, not a crash, and the run is marked refused."""
     with pytest.raises(ConfigError, match="method=l2p takes no gate"):
         from norga.engine.run import ContinualRun
 
         ContinualRun(compose_cfg([*SMALL, "method=l2p", "gate=tanh"]), tmp_path)
-    assert not any(tmp_path.iterdir())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "takes no gate" in metrics["error"] and metrics["refused"] is True
 
 
 @pytest.mark.parametrize("name", [
