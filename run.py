@@ -10,7 +10,6 @@ NORGA_TRACEBACK=1) shows it. Ctrl-C says what the last checkpoint holds and how 
 import os
 import shlex
 import sys
-import tempfile
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from norga.config import register
+from norga.engine.ranks import quiet_other_ranks, rank, scratch_run_dir
 from norga.errors import TRACEBACK_ENV, NorgaError, print_error, show_traceback
 
 register()
@@ -27,6 +27,7 @@ register()
 def main(cfg: DictConfig) -> float | None:
     from norga.runner import run
 
+    quiet_other_ranks()  # under torchrun, rank 0's lines only (Hydra has just set up logging)
     hc = HydraConfig.get()
     sweep = hc.mode == RunMode.MULTIRUN
     try:
@@ -95,7 +96,15 @@ def cli() -> None:
         from hydra.errors import CompactHydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if show_traceback() or not isinstance(err, CompactHydraException):
+        if show_traceback():
+            raise
+        if isinstance(err, OSError) and not isinstance(err, CompactHydraException):
+            # the file system refused (a folder not writable, a full disk): the user's to fix
+            from norga.output_dirs import explain_os_error
+
+            print_error(explain_os_error(err))
+            sys.exit(1)
+        if not isinstance(err, CompactHydraException):
             raise
         from norga.config import explain_compose_error
 
@@ -107,8 +116,13 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) > 0:
+    if {"--help", "-h"} & set(sys.argv[1:]):  # norga's page; Hydra's stays at --hydra-help
+        from norga.help import page
+
+        print(page())
+        sys.exit(0)
+    if rank() > 0:
         # Under torchrun only rank 0 writes outputs; Hydra makes a run dir in every process, so the other
-        # ranks get a scratch one instead of a stray folder under outputs/.
-        sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='norga-rank')}", "hydra.output_subdir=null"]
+        # ranks get a scratch one (removed at exit) instead of a stray folder under outputs/.
+        sys.argv += [f"hydra.run.dir={scratch_run_dir()}", "hydra.output_subdir=null"]
     cli()

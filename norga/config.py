@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from norga.errors import ConfigError
 from norga.fidelity import CORRECTED, FIDELITIES
+from norga.help import explain_missing_option
 from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choice, positive
 
 # The prefix-attention kernels (norga.models.attention.PREFIX_IMPLS, which imports torch: composing a config
@@ -203,9 +204,23 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
 def config_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
     """``(dotted key, what is wrong)`` for each problem of ``cfg``, walking every node whose type is a schema
     dataclass (``OmegaConf.get_type``); untyped nodes (``_target_`` dicts) belong to their targets; then the
-    rules that tie keys together."""
-    yield from _walk(cfg, "")
-    yield from _joint_bound_problems(cfg)
+    rules that tie keys together (the joint bound's; the method schema's ``check``), one problem per key."""
+    seen = set()
+    for key, text in [*_walk(cfg, ""), *_joint_bound_problems(cfg), *_cross_field(cfg)]:
+        if key not in seen:
+            seen.add(key)
+            yield key, text
+
+
+def _cross_field(cfg: DictConfig) -> list[tuple[str, str]]:
+    method = cfg.get("method") if isinstance(cfg, DictConfig) else None
+    check = getattr(OmegaConf.get_type(method), "check", None) if isinstance(method, DictConfig) else None
+    if check is None:
+        return []
+    try:
+        return list(check(cfg))
+    except Exception:  # noqa: BLE001 - a value of the wrong kind is reported by its own field's rule
+        return []
 
 
 def _joint_bound_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
@@ -246,10 +261,14 @@ def unknown_key(key: str, schema: type, prefix: str = "") -> str:
 
 
 def explain_compose_error(err: BaseException) -> str | None:
-    """A norga message for Hydra's failure to override a key no schema has, or None for other errors.
+    """A norga message for Hydra's failure to override a key no schema has or to find a group's option
+    (:func:`norga.help.explain_missing_option`), or None for other errors.
 
     Hydra answers ``train.epoch=3`` with "To append to your config use +train.epoch=3": a key that no schema
     declares is never what a run wants (norga refuses it), so the message names the closest real keys."""
+    missing = explain_missing_option(err)
+    if missing:
+        return missing
     cause = err.__cause__
     schema = getattr(cause, "object_type", None)
     key, full_key = getattr(cause, "key", None), getattr(cause, "full_key", None)

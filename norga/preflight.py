@@ -1,8 +1,9 @@
 """Checks before a run or a sweep starts (a Hydra callback, ``hydra.callbacks.preflight`` in
 ``conf/config.yaml``), so that a command that cannot work launches nothing, builds nothing and writes nothing.
 
-* A run: its config is validated (:func:`norga.config.validate`: ranges, options, keys no schema declares),
-  and a start without ``resume=true`` in a directory that holds a run is refused (:mod:`norga.engine.record`).
+* A run: its config is validated (:func:`norga.config.validate`: ranges, options, keys no schema declares,
+  the method's rules between keys), its output folder must be writable, the data of norga's loaders must be
+  there, and a start without ``resume=true`` in a directory that holds a run is refused (:mod:`norga.engine.record`).
 * A sweep: every job's config is composed as the launcher will compose it and validated, and the datasets
   and backbone checkpoints of all jobs are looked for; one report lists everything that is wrong or missing,
   before the first job folder exists.
@@ -33,11 +34,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import InterpolationResolutionError
 
 from norga.config import config_problems, explain_compose_error, problem_lines, validate
 from norga.engine.record import recorded_config, refuse_changed_config, refuse_new_run
 from norga.engine.threads import SWEEP_JOBS_ENV
 from norga.errors import NorgaError, print_error, show_traceback
+from norga.output_dirs import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,14 @@ class Preflight(Callback):
 def _or_exit(check: Callable[[], None]) -> None:
     try:
         check()
-    except NorgaError as err:
+    except (NorgaError, InterpolationResolutionError) as err:
         if show_traceback():
             traceback.print_exc()
-        print_error(str(err))
+        text = str(err) if isinstance(err, NorgaError) else (
+            f"the config does not resolve: {str(err).splitlines()[0]}. An ${{...}} value on the command line or "
+            "in a config file names a key or resolver that does not exist; python run.py --cfg job shows the "
+            "composed config. Nothing was built or written.")
+        print_error(text)
         raise SystemExit(1) from None
 
 
@@ -74,10 +81,14 @@ def check_run(config: DictConfig) -> None:
     run_dir = OmegaConf.select(config, "hydra.run.dir")
     if run_dir:
         run_dir = Path(os.path.abspath(str(run_dir)))
+        check_writable(run_dir, "hydra.run.dir")
         if config.get("resume"):
             _refuse_changed_config(run_dir, config)
         else:
             refuse_new_run(run_dir)
+    source = _resolved(config.dataset.source)
+    if isinstance(source, dict) and str(source.get("_target_", "")).startswith("norga.data."):
+        check_data(source)  # norga's loaders are looked for without reading; another loader reads at build
     if needs_hub(config.backbone):
         hub_offline_if_unreachable()
 
@@ -102,6 +113,9 @@ def check_sweep(config: DictConfig) -> None:
     """Compose and validate every job of the sweep, look for every job's dataset and backbone checkpoint, and
     raise :class:`SweepCheckError` listing all that is wrong; nothing is launched or written before."""
     start = time.perf_counter()
+    sweep_dir = OmegaConf.select(config, "hydra.sweep.dir")
+    if sweep_dir:
+        check_writable(sweep_dir, "hydra.sweep.dir")
     jobs = sweep_jobs(config)
     # the jobs' share of the cores counts the jobs that run at once; the launcher's processes inherit this
     os.environ[SWEEP_JOBS_ENV] = str(len(jobs))

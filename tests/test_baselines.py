@@ -201,11 +201,11 @@ def test_reference_layout_keeps_the_similarity_order_of_a_top_2_selection(tmp_pa
 @pytest.mark.parametrize(("method", "overrides", "message"), [
     ("l2p", ["gate=tanh"], "method=l2p takes no gate"),
     ("dualprompt", ["method.gate=sigmoid"], "method=norga gate=sigmoid"),
-    ("l2p", ["method.top_k=7"], r"method.top_k=7 is larger than the pool \(method.pool_size=6\)"),
+    ("l2p", ["method.top_k=7"], r"method.top_k: 7 is larger than the pool \(method.pool_size=6\)"),
     ("l2p", ["method.prompt_layers=[0,9]"], r"method.prompt_layers \[0, 9\] has \[9\] outside the backbone's 6 "
                                             r"blocks \(0..5\)"),
     ("dualprompt", ["method.g_prompt_layers=[1]"], r"blocks \[1\] are in both method.g_prompt_layers"),
-    ("sprompt", ["method.pool_size=1"], "method.prompt_mask trains prompts"),
+    ("sprompt", ["method.pool_size=1"], "1 is too small for method.prompt_mask=true, which trains prompts"),
 ])
 def test_bad_settings_name_the_key(method, overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):

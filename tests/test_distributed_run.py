@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from norga.engine.ranks import remove_stale_scratch
 from tests.learning import PROCESSES_ATOL, assert_learns, assert_same_learned_state, fixture_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,10 @@ def test_whole_run_on_several_processes_equals_one_process(processes, one_proces
     # only rank 0 writes, once
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "checkpoints", "metrics.json", "run.log"]
     assert (tmp_path / "run.log").read_text().count("done: FA") == 1
+    # issue: "Under torchrun, rank 1's log lines appear twice, and temporary norga-rank* folders are left behind"
+    console = done.stdout + done.stderr
+    assert console.count("threads: ") == 1 and console.count("done: FA") == 1, console[-3000:]
+    assert remove_stale_scratch() == []  # the other ranks removed their scratch run folders at exit
 
 
 # The other methods' own data-parallel paths: prompt tokens and the global batch majority (L2P, whose

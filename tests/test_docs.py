@@ -127,7 +127,7 @@ def test_the_minimal_method_runs_exactly_the_capped_epochs_under_debug_smoke(smo
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["run"]["epoch_counter"] == tasks, \
         "train.max_epochs=1: one epoch per task"
     epochs = re.findall(r"task (\d) probe epoch (\d)/(\d)", (run_dir / "run.log").read_text())
-    assert epochs == [(str(t), "1", "1") for t in range(tasks)]
+    assert epochs == [(str(t), "1", "1") for t in range(1, tasks + 1)]  # tasks numbered from 1 in logs
 
 
 def test_output_redirected_to_a_file_has_no_progress_bars_and_one_line_per_epoch(smoke_run):

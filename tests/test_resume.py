@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_with_its_place_and_keeps_the_checkpoint(tmp_path,
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=fixture_overrides())
     monkeypatch.setattr(hide_prompt, "contrastive_loss", lambda *a: torch.tensor(float("nan")))
-    with pytest.raises(NonFiniteLossError, match=r"task 0 WTP epoch 1/2, step 0"):
+    with pytest.raises(NonFiniteLossError, match=r"task 1 WTP epoch 1/2, step 0"):
         ContinualRun(cfg, tmp_path).run()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert not metrics["finished"] and "non-finite loss" in metrics["error"]

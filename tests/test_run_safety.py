@@ -112,34 +112,47 @@ def test_resume_keeps_the_launch_record_and_logs_the_resume(run_copy):
 
 
 # ---- failures are recorded ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("overrides", "first_line"), [
-    (["dataset=cifar100"], "error: CIFAR-100 not found"),
-    (["backbone=dino", "backbone.pretrained=true"], "error: backbone 'dino': checkpoint not found"),
-], ids=["dataset", "checkpoint"])
-def test_failed_run_prints_one_paragraph_and_records_the_error(overrides, first_line, tmp_path):
-    from norga.report import Failed, load_run
+def test_missing_data_is_refused_before_the_run_folder_exists(tmp_path):
+    """``dataset=cifar100`` without the data used to leave a run folder the report listed as failed."""
+    run_dir = tmp_path / "run"
+    done = app(*SMALL, "dataset=cifar100", f"paths.data_dir={tmp_path}", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: CIFAR-100 not found"), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not run_dir.exists()
+
+
+def test_run_refused_while_building_records_the_error_and_the_report_skips_it(tmp_path):
+    """Missing weights are found while building: the folder holds the error, marked refused, and the report
+    counts it apart from failed and unfinished runs."""
+    from norga.report import Refused, build_report, load_run, render_markdown
 
     run_dir = tmp_path / "run"
-    done = app(*SMALL, *overrides, f"paths.data_dir={tmp_path}", f"paths.checkpoint_dir={tmp_path}",
+    error = "backbone 'dino': checkpoint not found"
+    done = app(*SMALL, "backbone=dino", "backbone.pretrained=true", f"paths.checkpoint_dir={tmp_path}",
                f"hydra.run.dir={run_dir}")
     assert done.returncode == 1
-    assert done.stderr.startswith(first_line), done.stderr
+    assert done.stderr.startswith(f"error: {error}"), done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    error = first_line.removeprefix("error: ")
     assert f"[ERROR] - {error}" in (run_dir / "run.log").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["finished"] is False and metrics["error"].startswith(error)
-    failed = load_run(run_dir)
-    assert isinstance(failed, Failed) and failed.reason.startswith(error)
+    assert metrics["finished"] is False and metrics["error"].startswith(error) and metrics["refused"] is True
+    refused = load_run(run_dir)
+    assert isinstance(refused, Refused) and refused.reason.startswith(error)
+    report = build_report([run_dir])
+    assert report.refused == [refused] and not report.failed and not report.unfinished
+    assert "Skipped 1 run folder(s) refused before training started" in render_markdown(report, paper=False)
 
 
 def test_a_method_that_cannot_take_the_config_is_a_config_error(tmp_path):
-    """``method=l2p gate=tanh``: the learner's ValueError is the user's to fix, not a crash."""
+    """``method=l2p gate=tanh`` given to the engine directly (the app's validator refuses it before): the
+    learner's ValueError is the user's to fix, not a crash, and the run is marked refused."""
     with pytest.raises(ConfigError, match="method=l2p takes no gate"):
         from norga.engine.run import ContinualRun
 
         ContinualRun(compose_cfg([*SMALL, "method=l2p", "gate=tanh"]), tmp_path)
-    assert "takes no gate" in json.loads((tmp_path / "metrics.json").read_text())["error"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "takes no gate" in metrics["error"] and metrics["refused"] is True
 
 
 @pytest.mark.parametrize("name", [

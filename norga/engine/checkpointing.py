@@ -91,7 +91,7 @@ class Checkpointer:
     def describe(self) -> str:
         """Where a resume would continue, for an interrupted run's log."""
         if self.saved is None:
-            return f"no checkpoint was written in {self.dir} yet; a resume starts from task 0"
-        task, stage, epoch = self.saved
-        return (f"{self.last} holds the run up to task {task}, stage {stage}, epoch {epoch}; "
-                "a resume continues from there")
+            return f"no checkpoint was written in {self.dir} yet; a resume starts from task 1"
+        task, stage, epoch = self.saved  # the cursor: what runs next; tasks and epochs numbered from 1 here
+        return (f"{self.last} holds the run up to task {task + 1}, stage {stage}, epoch {epoch + 1} (not yet "
+                "run); a resume continues from there")

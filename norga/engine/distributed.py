@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from norga.engine.loaders import worker_options
+from norga.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def _pick_device(name: str, local_rank: int) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={name} asked for, but torch sees no CUDA device; use device=cpu")
+            raise ConfigError(f"device={name} asked for, but torch sees no CUDA device (torch {torch.__version__}, "
+                              f"CUDA build: {torch.version.cuda or 'none'}); use device=cpu or device=auto")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

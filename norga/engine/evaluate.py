@@ -158,7 +158,7 @@ class Evaluator:
         entry = self._query.get(task)
         if entry is None or entry[0] != version:
             queries, labels = extract_features(learner.query, self._loader(dataset), self.device,
-                                               f"test {task}: query", progress=self.progress)
+                                               f"test task {task + 1}: query", progress=self.progress)
             self._query[task] = entry = (version, queries, labels)
             self.vit_passes += 1
         _, queries, labels = entry
@@ -209,7 +209,7 @@ class Evaluator:
         subset = dataset if whole else Subset(dataset, indices.tolist())
         sel = torch.tensor(row, dtype=torch.long) if row else None
         out, start = [], 0
-        desc = f"test {task}: " + (f"prompt {' '.join(map(str, row))}" if row else "features")
+        desc = f"test task {task + 1}: " + (f"prompt {' '.join(map(str, row))}" if row else "features")
         for x, _ in tqdm(self._loader(subset), desc=desc, leave=False, disable=not self.progress):
             q = queries[indices[start:start + len(x)]].to(self.device)
             start += len(x)
@@ -222,7 +222,7 @@ class Evaluator:
         """Needed when features depend on batch composition (the reference prefix layout)."""
         loader = self._loader(self._test_set(task))
         logits, labels, chosen_all, per_sample_all = [], [], [], []
-        for x, y in tqdm(loader, desc=f"test {task}", leave=False, disable=not self.progress):
+        for x, y in tqdm(loader, desc=f"test task {task + 1}", leave=False, disable=not self.progress):
             x = x.to(self.device)
             query = learner.query(x)
             per_sample = learner.select(query, upto_task)

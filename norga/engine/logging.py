@@ -99,8 +99,8 @@ class WandbLogger(NullLogger):
         from norga.metrics.plots import accuracy_matrix_figure
 
         n = len(matrix)
-        columns = ["after task"] + [f"task {j}" for j in range(n)]
-        rows = [[i] + row + [None] * (n - len(row)) for i, row in enumerate(matrix)]
+        columns = ["after task"] + [f"task {j + 1}" for j in range(n)]
+        rows = [[i + 1] + row + [None] * (n - len(row)) for i, row in enumerate(matrix)]  # tasks from 1
         fig = accuracy_matrix_figure(matrix, title=name)
         self.run.log({f"eval/{name}_table": wandb.Table(columns=columns, data=rows),
                       f"eval/{name}_heatmap": wandb.Image(fig), "task": task})

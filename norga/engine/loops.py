@@ -118,7 +118,7 @@ def run_epochs(
             lr_now = set_epoch_lr(built, per_epoch, epoch, epochs)
         else:
             lr_now = built.param_groups[0]["lr"]
-        where = f"task {ctx.task} {desc} epoch {epoch + 1}/{epochs}"
+        where = f"task {ctx.task + 1} {desc} epoch {epoch + 1}/{epochs}"  # tasks from 1, as in the logs
         loss = train_epoch(step, batches(generator), built, params, device, clip_grad, where,
                            ctx.max_batches if limit_batches else None, ctx.progress,
                            point=f"{ctx.point}/epoch{epoch}")

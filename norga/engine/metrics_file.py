@@ -57,8 +57,8 @@ class MetricsFile:
         return {**description, "num_tasks": self.cfg.dataset.num_tasks, "tasks_done": 0, "acc_matrix": [],
                 "config": self.config}
 
-    def record_failure(self, err: BaseException, metrics: Callable[[], dict] | None, interrupted: Callable[[], str]
-                       ) -> None:
+    def record_failure(self, err: BaseException, metrics: Callable[[], dict] | None, interrupted: Callable[[], str],
+                       refused: bool = False) -> None:
         """Write why the run stopped to ``run.log`` and to the file (``metrics()`` as it stands, or what was
         recorded before the run was built; ``finished: false``, ``error``); the app shows it on the screen. An
         interruption is no error: the log says what the checkpoint holds (``interrupted()``)."""
@@ -73,6 +73,7 @@ class MetricsFile:
             return
         try:
             stood = metrics() if metrics is not None else self.recorded()
-            self.write({**stood, "finished": False, **({"error": text} if text else {})})
+            self.write({**stood, "finished": False, **({"error": text} if text else {}),
+                        **({"refused": True} if refused else {})})
         except Exception:  # noqa: BLE001 - the run's own error is the one to report
             log.exception("could not record the error in %s", self.path)

@@ -82,11 +82,22 @@ def refuse_changed_config(run_dir: Path, recorded: dict | None, config: dict) ->
     diff = config_differences(recorded, config) if recorded is not None else []
     if diff:
         old, new = flat(recorded or {}), flat(config)
-        lines = "\n".join(f"  {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        lines = "\n".join(f"  {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in identity_first(diff))
         raise ResumeMismatchError(
             f"cannot resume the run in {run_dir}: the config differs from the run's in keys that change "
             f"results:\n{lines}\nIts config is {config_file(run_dir)}. {_UNCHANGED} Resume with the run's values "
             "(drop or revert these overrides), or start a new run in a new directory.")
+
+
+# The keys that say which run a run is: a refused resume lists them before the rest.
+IDENTITY_KEYS = ("method.name", "dataset.name", "backbone.name", "seed", "bound", "method.gate")
+
+
+def identity_first(keys: list[str]) -> list[str]:
+    """``keys`` with the run's identity (method, dataset, backbone, seed, ...) first, in that order; the rest
+    as they were."""
+    rank = {k: i for i, k in enumerate(IDENTITY_KEYS)}
+    return sorted(keys, key=lambda k: rank.get(k, len(rank)))
 
 
 def recorded_config(run_dir: Path) -> dict | None:

@@ -105,7 +105,7 @@ class ContinualRun:
         try:
             self._build(cfg)
         except BaseException as err:
-            self._record_failure(err)
+            self._record_failure(err, refused=True)  # nothing ran: the report counts it apart
             raise
 
     def _build(self, cfg: DictConfig) -> None:
@@ -171,7 +171,7 @@ class ContinualRun:
         state = self.checkpoints.load_last(self._checkpoint)  # rank 0 read it when it checked the directory
         self._checkpoint = None
         if state is None:
-            log.info("resume=true but no checkpoint in %s: starting from task 0", self.ckpt_dir)
+            log.info("resume=true but no checkpoint in %s: starting from task 1", self.ckpt_dir)
             return 0, self.stages(0)[0].name, 0, None
         cursor = state["cursor"]
         task, stage, epoch = cursor["task"], cursor["stage"], cursor["epoch"]
@@ -186,7 +186,8 @@ class ContinualRun:
         self.epoch_counter, self.clock.total = run["epoch_counter"], run["wall_time"]
         self._resume_id = run["logger_run_id"]
         self.checkpoints.saved = (task, stage, epoch)
-        log.info("resumed from %s at task %d, stage %s, epoch %d", self.checkpoints.last, task, stage, epoch)
+        log.info("resumed from %s at task %d, stage %s, epoch %d", self.checkpoints.last, task + 1, stage,
+                 epoch + 1)
         in_stage = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]} if epoch > 0 else None
         return task, stage, epoch, in_stage
 
@@ -204,10 +205,13 @@ class ContinualRun:
                 "wall_time_s": round(self.clock.total, 2),
                 "config": self.config}
 
-    def _record_failure(self, err: BaseException) -> None:
+    def _record_failure(self, err: BaseException, refused: bool = False) -> None:
+        """``refused``: stopped while building, before anything ran; a user-fixable error of a new run is then
+        marked ``refused: true``, which the report counts apart."""
         built = hasattr(self, "results")  # else stopped while building: keep what was recorded before
         self.metrics_file.record_failure(err, (lambda: self.metrics(False)) if built else None,
-                                         self.checkpoints.describe)
+                                         self.checkpoints.describe,
+                                         refused=refused and isinstance(err, NorgaError) and not self.cfg.resume)
 
     # ---- running -----------------------------------------------------------------------------------
     def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:

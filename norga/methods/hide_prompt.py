@@ -155,7 +155,7 @@ class HiDePrompt(Learner):
         if self._tii_features is None or self._tii_features[0] != task:
             ctx.seed_epoch(stage="tii_stats")
             feats, labels = self.extract_all(self.backbone_features, self.statistics_loader(task),
-                                             f"task {task} backbone features")
+                                             f"task {task + 1} backbone features")
             self._tii_features = (task, feats, labels)
         return self._tii_features[1], self._tii_features[2]
 
@@ -233,12 +233,12 @@ class HiDePrompt(Learner):
         fn = lambda x: self.task_features(x, task)  # noqa: E731
         if self.method.prefix_layout == "per_sample":
             # a sample's features do not depend on its batch: one pass over the task in dataset order
-            feats, labels = self.extract_all(fn, self.statistics_loader(task), f"task {task} WTP statistics")
+            feats, labels = self.extract_all(fn, self.statistics_loader(task), f"task {task + 1} WTP statistics")
         else:
             # the reference's batches, which decide each sample's (key, key) / (value, value) prefixes in this
             # layout: one shuffled loader per class, batches of train.batch_size, the last one partial
             parts = [self.extract_all(fn, self.statistics_loader(task, [c], generator),
-                                      f"task {task} WTP statistics, class {c}")
+                                      f"task {task + 1} WTP statistics, class {c}")
                      for c in self.benchmark.task_classes[task]]
             feats, labels = torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
         self.wtp_statistics.fit(feats, labels)

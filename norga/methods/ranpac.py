@@ -282,7 +282,7 @@ class RanPAC(FrozenFeatureLearner):
         targets = (labels[order].unsqueeze(1) == classes).float()  # one-hot over the task's classes
         lam, losses = select_ridge(self.head.hidden(features[order].to(self.device)), targets.to(self.device),
                                    self.grid, self.fit_fraction)
-        log.info("task %d: ridge lambda %g (validation MSE %.4g)", task, lam, losses.min().item())
+        log.info("task %d: ridge lambda %g (validation MSE %.4g)", task + 1, lam, losses.min().item())
         log.debug("validation MSE over method.ridge_grid: %s", " ".join(f"{v:.4g}" for v in losses.tolist()))
         ctx.save_artifact(f"ranpac_task_{task}", {"features": features, "labels": labels})
         self._task_features[task] = (features, labels)

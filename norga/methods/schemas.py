@@ -4,11 +4,15 @@ method's dataclass, so a misspelt key or a wrong type fails at compose time with
 Kept apart from the learners so that composing a config imports no torch. Each ``conf/method/<name>.yaml``
 starts with ``defaults: [/schema/method/<name>@_here_, _self_]``; :func:`norga.config.register` stores every
 dataclass listed in :data:`METHOD_SCHEMAS` under that name. Field metadata ``min``/``max``/``choices`` are
-checked by :func:`norga.config.validate` before anything is built.
+checked by :func:`norga.config.validate` before anything is built, and so are the rules that relate several
+keys: each schema's ``check(cfg)`` yields ``(key, problem)`` for the composed config ``cfg`` (the whole run's,
+as settings like ``top_k <= pool_size`` depend on ``dataset.num_tasks``). The learners keep their own
+assertions for API users who skip the validator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +50,24 @@ class MethodConfig:
     # the whole evaluation batch uses its most frequent selection; presets set it where the reference does, and
     # the per-sample result is reported too (docs/algorithm.md#d2-batchwise-selection-at-test-methodbatchwise_prompt)
     batchwise_prompt: bool = False
+
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        """``(key, problem)`` for each rule between keys that ``cfg`` (the composed run config) breaks. The base
+        rule: no gate, which only NoRGa's gated prefixes take."""
+        gate = cfg.method.get("gate")
+        if gate is not None:
+            name = cfg.method.name
+            yield "method.gate", (f"method={name} takes no gate (got {gate}): the NoRGa gate acts on NoRGa's gated "
+                                  f"prefix prompts; use method=norga gate={gate}, or drop gate=")
+
+    @staticmethod
+    def no_selection(cfg: Any) -> Iterator[tuple[str, str]]:
+        """The rule of methods that select no prompts: nothing for ``batchwise_prompt`` to vote on."""
+        if cfg.method.batchwise_prompt:
+            yield "method.batchwise_prompt", (f"method={cfg.method.name} selects no prompts, so there is no "
+                                              "selection for a test batch to vote on: drop "
+                                              "method.batchwise_prompt=true")
 
 
 # ---- HiDe-Prompt and NoRGa ----------------------------------------------------------------------------------
@@ -113,6 +135,12 @@ class NoRGaConfig(HiDePromptConfig):
     name: str = "norga"
     gate: str | None = "tanh"
 
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        if cfg.method.get("gate") is None:
+            yield "method.gate", ("method=norga needs a gate (conf/gate: e.g. gate=tanh); for prefix tuning "
+                                  "without a gate use method=hide")
+
 
 # ---- key-query prompt pools: L2P, DualPrompt, S-Prompt++ --------------------------------------------------
 @dataclass
@@ -134,6 +162,19 @@ class KeyQueryConfig(MethodConfig):
     train_batchwise: bool = False
     # at test, match only the keys of tasks seen so far (the reference matches every key: False)
     match_seen_keys: bool = False
+
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        yield from super().check(cfg)
+        m, num_tasks = cfg.method, cfg.dataset.num_tasks
+        pool = m.pool_size or num_tasks  # None: one prompt per task
+        if m.top_k > pool:
+            yield "method.top_k", (f"{m.top_k} is larger than the pool (method.pool_size={pool}"
+                                   f"{'' if m.pool_size else ', one prompt per task'}): choose top_k <= pool_size")
+        elif m.prompt_mask and pool < num_tasks * m.top_k:
+            yield "method.pool_size", (f"{pool} is too small for method.prompt_mask=true, which trains prompts "
+                                       f"t*top_k..(t+1)*top_k-1 on task t: {num_tasks} tasks x top_k {m.top_k} "
+                                       f"need {num_tasks * m.top_k} prompts")
 
 
 @dataclass
@@ -160,6 +201,17 @@ class DualPromptConfig(KeyQueryConfig):
     shared_prompt_pool: bool = True
     prefix_layout: str = choice("per_sample", *PREFIX_LAYOUTS)
 
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        yield from super().check(cfg)
+        m = cfg.method
+        both = sorted(set(m.g_prompt_layers) & set(m.prompt_layers))
+        if both:
+            yield "method.g_prompt_layers", (f"blocks {both} are in both method.g_prompt_layers "
+                                             f"{list(m.g_prompt_layers)} and method.prompt_layers "
+                                             f"{list(m.prompt_layers)}: a block takes the G-prompt or an "
+                                             "E-prompt, not both")
+
 
 @dataclass
 class SPromptConfig(DualPromptConfig):
@@ -177,6 +229,11 @@ class SimpleCILConfig(MethodConfig):
 
     _target_: str = "norga.methods.simplecil.SimpleCIL"
     name: str = "simplecil"
+
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        yield from super().check(cfg)
+        yield from cls.no_selection(cfg)
 
 
 def ridge_grid() -> list[float]:
@@ -212,6 +269,11 @@ class RanPACConfig(MethodConfig):
     first_session_adaptation: bool = False
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        yield from super().check(cfg)
+        yield from cls.no_selection(cfg)  # its value ranges (ridge_fit_fraction, dropout) are field metadata
+
 
 # ---- CODA-Prompt --------------------------------------------------------------------------------------------
 @dataclass
@@ -229,6 +291,18 @@ class CODAConfig(MethodConfig):
     # mu of the orthogonality penalty on components, keys and attention vectors (0: off, the authors' current
     # scripts; 1e-7: their first release on CIFAR-100, its 0.1 times the 1e-6 inside its penalty function)
     ortho_weight: float = at_least(0.0, 0.0)
+
+    @classmethod
+    def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
+        yield from super().check(cfg)
+        yield from cls.no_selection(cfg)
+        m, num_tasks = cfg.method, cfg.dataset.num_tasks
+        if m.prompt_length % 2:
+            yield "method.prompt_length", (f"{m.prompt_length} must be even: the first half of a prompt becomes "
+                                           "the key prefix, the second half the value prefix")
+        if m.pool_size < num_tasks:
+            yield "method.pool_size", (f"{m.pool_size} components cannot be shared by {num_tasks} tasks: the "
+                                       f"pool needs at least one component per task (pool_size >= {num_tasks})")
 
 
 #: schema name (``/schema/method/<name>``) -> dataclass

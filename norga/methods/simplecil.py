@@ -30,7 +30,7 @@ class FrozenFeatureLearner(Learner):
         """The query features of task ``task``'s training images (evaluation transform, dataset order) and
         their labels; under torchrun gathered from all ranks."""
         with torch.no_grad():
-            return self.extract_all(self.query, self.statistics_loader(task), f"task {task} features")
+            return self.extract_all(self.query, self.statistics_loader(task), f"task {task + 1} features")
 
     def seen_logits(self, logits: torch.Tensor, upto_task: int) -> torch.Tensor:
         """``logits`` with the classes of tasks after ``upto_task`` set to -inf: the argmax is over seen ones."""

@@ -31,8 +31,8 @@ def accuracy_matrix_figure(matrix: list[list[float]], title: str = "accuracy mat
                         color="white" if a[i, j] < 60 else "black")
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training task")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    ax.set_xticks(range(n), [str(t + 1) for t in range(n)])  # tasks numbered from 1, as everywhere a user reads
+    ax.set_yticks(range(n), [str(t + 1) for t in range(n)])
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()

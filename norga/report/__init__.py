@@ -10,7 +10,9 @@ method order (L2P, DualPrompt, S-Prompt, CODA-Prompt, HiDe-Prompt, NoRGa, then S
 upper bounds (``"bound": "joint"``) last, each continual row showing its gap to a joint row. A seed
 finished twice in one group counts once (the newest run; ``--strict`` makes it an error). Nothing else is
 averaged or dropped silently: runs that stopped on an error are listed under "Failed runs", the rest
-(killed, still running, unreadable) under "Unfinished runs".
+(killed, still running, unreadable) under "Unfinished runs"; runs refused before they started
+(``"refused": true``) are skipped and counted. ``--plot`` also draws one figure per dataset and protocol that
+compares the methods (:mod:`norga.metrics.comparison`).
 """
 
 from norga.report.cli import build_parser, main
@@ -34,6 +36,7 @@ from norga.report.model import (
     Failed,
     Group,
     GroupKey,
+    Refused,
     Report,
     Run,
     Unfinished,
@@ -43,7 +46,7 @@ from norga.report.tables import caption, csv_rows, markdown_rows, render_csv, re
 
 __all__ = [
     "METHOD_ORDER", "METRICS", "NA", "NO_GATE", "PAPER_METRICS", "STD_NOTE", "Duplicate", "Failed", "Group",
-    "GroupKey", "Report", "Run", "Unfinished", "build_parser", "build_report", "caption", "csv_rows",
+    "GroupKey", "Refused", "Report", "Run", "Unfinished", "build_parser", "build_report", "caption", "csv_rows",
     "drop_duplicate_seeds", "find_run_dirs", "group_runs", "joint_reference", "load_run", "log_error", "main",
     "markdown_rows", "plot_group", "render_csv", "render_markdown",
 ]

@@ -7,10 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from norga.metrics.comparison import write_comparisons
 from norga.report.loading import build_report, find_run_dirs
 from norga.report.model import Report
 from norga.report.plots import plot_group
-from norga.report.tables import render_csv, render_markdown
+from norga.report.tables import refused_note, render_csv, render_markdown
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
@@ -52,6 +53,8 @@ def _print_notes_csv(report: Report) -> None:
         print(f"failed: {f.line()}", file=sys.stderr)
     for u in report.unfinished:
         print(f"unfinished: {u.line()}", file=sys.stderr)
+    if report.refused:
+        print(refused_note(report.refused), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,4 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for group in report.groups:
             for path in plot_group(group, args.plot):
                 print(f"plot: {path}", file=notes)
+        for path in write_comparisons(report.groups, args.plot):
+            print(f"comparison: {path}", file=notes)
     return 0

@@ -15,7 +15,18 @@ from typing import Any
 from norga.engine.record import result_free
 from norga.fidelity import fidelity_of_record
 from norga.metrics import summarize
-from norga.report.model import METRICS, NO_GATE, Duplicate, Failed, Group, GroupKey, Report, Run, Unfinished
+from norga.report.model import (
+    METRICS,
+    NO_GATE,
+    Duplicate,
+    Failed,
+    Group,
+    GroupKey,
+    Refused,
+    Report,
+    Run,
+    Unfinished,
+)
 
 # Task overrides (from .hydra/overrides.yaml) that do not make a run a different experiment: the row's own
 # keys and bookkeeping. Anything else (optimizer.lr=..., debug=..., method.prompt_length=...) starts a
@@ -154,7 +165,7 @@ def log_error(log_file: Path) -> str | None:
     return None
 
 
-def load_run(run_dir: Path) -> Run | Failed | Unfinished:
+def load_run(run_dir: Path) -> Run | Failed | Refused | Unfinished:
     """Read one run directory: a finished result, a run that failed with an error, or anything else
     (running, killed, unreadable) as ``Unfinished``."""
     info = _hydra_info(run_dir)
@@ -186,6 +197,8 @@ def load_run(run_dir: Path) -> Run | Failed | Unfinished:
     label = _row_label(info)
 
     if data.get("finished") is not True:
+        if data.get("refused") is True:
+            return Refused(run_dir, label, 0, total, _first_line(data.get("error")))
         if data.get("error") is not None:
             return Failed(run_dir, label, len(acc), total, _first_line(data["error"]))
         return Unfinished(run_dir, label, len(acc), total, "not finished")
@@ -248,7 +261,7 @@ def build_report(run_dirs: Iterable[Path]) -> Report:
     loaded = [load_run(d) for d in run_dirs]
     runs, duplicates = drop_duplicate_seeds(r for r in loaded if isinstance(r, Run))
     return Report(group_runs(runs), duplicates, [r for r in loaded if isinstance(r, Failed)],
-                  [r for r in loaded if isinstance(r, Unfinished)])
+                  [r for r in loaded if isinstance(r, Unfinished)], [r for r in loaded if isinstance(r, Refused)])
 
 
 def joint_reference(key: GroupKey, groups: Iterable[Group]) -> Group | None:

@@ -113,6 +113,11 @@ class Unfinished(_NotAResult):
 
 
 @dataclass(frozen=True)
+class Refused(_NotAResult):
+    """A run refused before its first stage ran (nothing trained); the report skips it and counts it."""
+
+
+@dataclass(frozen=True)
 class Failed(_NotAResult):
     """A run that stopped on an error; ``reason`` is the error's first line."""
 
@@ -160,6 +165,7 @@ class Report:
     duplicates: list[Duplicate]
     failed: list[Failed]
     unfinished: list[Unfinished]
+    refused: list[Refused] = field(default_factory=list)
 
 
 def _path(path: Path, markdown: bool) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from norga import paper_results
 from norga.fidelity import CORRECTED
 from norga.report.loading import joint_reference
-from norga.report.model import METRICS, NA, NO_GATE, PAPER_METRICS, STD_NOTE, Group, GroupKey, Report
+from norga.report.model import METRICS, NA, NO_GATE, PAPER_METRICS, STD_NOTE, Group, GroupKey, Refused, Report
 
 # ------------------------------------------------------------------------------------------------- tables
 
@@ -191,6 +191,8 @@ def render_markdown(report: Report, paper: bool) -> str:
                   "", _bullets([d.line(markdown=True) for d in report.duplicates])]
     parts += ["", "## Failed runs", "", _bullets([f.line(markdown=True) for f in report.failed])]
     parts += ["", "## Unfinished runs", "", _bullets([u.line(markdown=True) for u in report.unfinished])]
+    if report.refused:
+        parts += ["", refused_note(report.refused)]
     return "\n".join(parts) + "\n"
 
 
@@ -201,3 +203,11 @@ def render_csv(groups: Sequence[Group], paper: bool) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def refused_note(refused: Sequence[Refused]) -> str:
+    """One line: how many refused runs were skipped, and why (each reason once)."""
+    reasons = sorted({r.reason[:100] for r in refused})
+    shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
+    return (f"Skipped {len(refused)} run folder(s) refused before training started (nothing was trained; "
+            f"delete them at will): {shown}")
