@@ -49,6 +49,15 @@ class DatasetConfig:
     num_tasks: int = positive(MISSING)
     shuffle: bool = True
     source: Any = MISSING  # {_target_: loader function, root, download, ...}
+    # The protocol's choices (conf/protocol, norga.data.protocol); each can be overridden on its own.
+    class_order: str = choice("python_seed", "python_seed", "numpy_permutation")
+    order_seed: int | None = at_least(0, None)  # null: the run seed
+    init_classes: int | None = at_least(0, None)  # B{init}Inc{inc}; null with increment null: equal tasks
+    increment: int | None = positive(None)
+    transforms: str = choice("paper", "paper", "pilot")
+    normalize: str = choice("recipe", "recipe", "none", "backbone")
+    verify: bool = False  # check the archive's MD5 where the user keeps it next to the folder
+    accept_license: bool = False  # for datasets whose licence restricts training on them (ObjectNet)
 
 
 @dataclass
@@ -122,6 +131,7 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     seed: int = at_least(0, 42)  # NumPy's seeding takes no negative numbers
+    protocol: str = "hide"  # conf/protocol: the named set of dataset.* choices the run started from
     device: str = matching(r"auto|cpu|mps|cuda(:\d+)?", "auto", "auto, cpu, mps, cuda or cuda:<index>")
     resume: bool = False
     progress: bool = True

@@ -195,4 +195,6 @@ def load_imagenet_r(
             "default",
         )
 
-    return SourcePair(source(split["train"]), source(split["test"]))
+    # split ids of result labels: a pre-split copy (PILOT's imagenet-r.zip, or HiDe's moved files) or norga's
+    return SourcePair(source(split["train"]), source(split["test"]),
+                      split="train-test-folders" if premade is not None else "norga-stratified")

@@ -31,6 +31,7 @@ from norga.engine.distributed import barrier, broadcast_object, cleanup, init_di
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
 from norga.engine.logging import NullLogger, to_run_log
+from norga.engine.protocol_record import protocol_record
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
 from norga.engine.threads import set_threads
@@ -280,6 +281,7 @@ class ContinualRun:
             for tag, rows in self.matrices.items():
                 if tag and len(rows) == len(self.acc):
                     out.update({f"{k}_{tag}": v for k, v in summarize(rows).items()})
+        out.update(protocol_record(self.cfg, self.benchmark, self.acc, self.evaluator.test_count))
         if self.learner.batchwise_prompt and self.extra:
             out["per_sample_prompt"] = self.extra[-1]
         out["vit_passes"] = round(self.evaluator.vit_passes, 4)
