@@ -29,7 +29,9 @@ SPLIT_SEED = 1993  # a constant, not the run seed: every machine and every run g
 SPLIT_VERSION = 1  # bump when the splitting rule changes, so old cache files are not reused
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar (unpack it inside root)"
-_TREE = f"{FOLDER}/\n  n01443537/ *.jpg\n  n01484850/\n  ... (200 class folders)"
+_TREE = (f"{FOLDER}/\n  n01443537/ *.jpg\n  n01484850/\n  ... (200 class folders)\n"
+         f"or a pre-split copy: {FOLDER}/train/<wnid>/*.jpg and {FOLDER}/test/<wnid>/*.jpg (PILOT's imagenet-r.zip, "
+         "md5 730aa3fb9c7d2ec0b6381c6b23040681, read with its split)")
 
 
 def default_cache_dir() -> str:

@@ -40,7 +40,7 @@ class SplitFolderDataset:
 
     def layout(self) -> str:
         first, *others = self.folders
-        tree = f"{first}/\n  train/<class>/*.jpg   ({self.classes or 'all'} class folders)\n  test/<class>/*.jpg"
+        tree = f"{first}/\n  train/<class>/*.jpg   ({self.classes or 'its'} class folders)\n  test/<class>/*.jpg"
         if others:
             tree += "\n(" + " or ".join(f"{o}/train, {o}/test" for o in others) + " in its place)"
         return tree
