@@ -131,7 +131,9 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     seed: int = at_least(0, 42)  # NumPy's seeding takes no negative numbers
-    protocol: str = "hide"  # conf/protocol: the named set of dataset.* choices the run started from
+    # conf/protocol: the named set of dataset.* choices the run started from (a name a user's own protocol
+    # file may choose)
+    protocol: str = matching(r"[A-Za-z0-9_.-]+", "hide", "a protocol name (conf/protocol/<name>.yaml)")
     device: str = matching(r"auto|cpu|mps|cuda(:\d+)?", "auto", "auto, cpu, mps, cuda or cuda:<index>")
     resume: bool = False
     progress: bool = True
