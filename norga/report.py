@@ -35,6 +35,7 @@ import numpy as np
 from norga import paper_results
 from norga.config import RESULT_FREE_KEYS
 from norga.metrics import average_accuracy_curve, summarize
+from norga.report_protocols import protocol_labels, protocol_section
 
 NA = "n/a"
 NO_GATE = "-"
@@ -81,6 +82,9 @@ class GroupKey:
     num_tasks: int
     variant: str = ""  # sorted extra task overrides, "" when none
     bound: str = ""  # "" for a continual run, "joint" for the all-classes-at-once upper bound
+    # the protocol's labels (norga.report_protocols): "" for runs recorded before protocols
+    protocol: str = ""
+    split: str = ""  # <data split>/<B{init}Inc{inc}>/<class order>
 
     @property
     def method_label(self) -> str:
@@ -89,12 +93,14 @@ class GroupKey:
     @property
     def label(self) -> str:
         text = f"{self.dataset}/{self.backbone}/{self.method_label}/{self.gate} T={self.num_tasks}"
+        if self.protocol not in ("", "hide"):
+            text += f" {self.protocol} {self.split}"
         return f"{text} [{self.variant}]" if self.variant else text
 
     def sort_key(self) -> tuple:
         """The paper's order: bounds after continual rows, then by method, then dataset and backbone."""
         return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.dataset,
-                self.backbone, self.gate, self.num_tasks, self.variant)
+                self.backbone, self.gate, self.num_tasks, self.variant, self.protocol, self.split)
 
     @property
     def file_stem(self) -> str:
@@ -383,7 +389,7 @@ def load_run(run_dir: Path) -> Run | Failed | Unfinished:
         if values[key] is None:
             values[key] = value
     key = GroupKey(info["dataset"], info["backbone"], info["method"], _gate(info.get("gate")), total,
-                   info.get("variant", ""), _bound(info.get("bound")))
+                   info.get("variant", ""), _bound(info.get("bound")), *protocol_labels(data))
     seed = info.get("seed") if isinstance(info.get("seed"), int) else None
     matrix = [[float(x) for x in row] for row in acc]
     return Run(run_dir, key, seed, values, matrix, metrics_file.stat().st_mtime)
@@ -464,7 +470,7 @@ def _fmt_diff(value: float | None) -> str:
 
 def _published(key: GroupKey) -> dict[str, paper_results.Published | None]:
     """Published numbers matching a row; all None for bounds and for splits other than the paper's."""
-    if key.bound or key.num_tasks != paper_results.PAPER_NUM_TASKS:
+    if key.bound or key.num_tasks != paper_results.PAPER_NUM_TASKS or key.protocol not in ("", "hide"):
         return {"FA": None, "CA": None, "FFM": None, "gate FA": None}
     gate = None if key.gate == NO_GATE else key.gate
     found: dict[str, paper_results.Published | None] = {
@@ -611,6 +617,7 @@ def render_markdown(report: Report, paper: bool) -> str:
     groups = report.groups
     parts = ["## Results", "", caption(paper, _has_joint(groups)), ""]
     parts.append(_md_table(*markdown_rows(groups, paper)) if groups else "No finished runs.")
+    parts += protocol_section(groups, paper)  # rows labelled by protocol, split and backbone tag
     if report.duplicates:
         parts += ["", "## Duplicate seeds", "",
                   "A seed finished more than once in a row: only its newest run (metrics.json time) is used.",
