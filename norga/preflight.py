@@ -35,6 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from norga.config import config_problems, explain_compose_error, problem_lines, validate
+from norga.engine.protocol_record import with_protocol_defaults
 from norga.engine.record import recorded_config, refuse_changed_config, refuse_new_run
 from norga.engine.threads import SWEEP_JOBS_ENV
 from norga.errors import NorgaError, print_error, show_traceback
@@ -86,7 +87,7 @@ def check_run(config: DictConfig) -> None:
 
 
 def _refuse_changed_config(run_dir: Path, config: DictConfig) -> None:
-    recorded = recorded_config(run_dir)
+    recorded = with_protocol_defaults(recorded_config(run_dir))  # recorded before protocols: protocol=hide
     if recorded is None:
         return
     new = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

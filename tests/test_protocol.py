@@ -124,3 +124,20 @@ def test_pilot_transforms_have_no_normalisation():
 
     x = digits(Image.new("RGB", (8, 8), (255, 255, 255)))
     assert torch.all(x <= 1.0) and torch.all(x >= 0.0)
+
+
+def test_a_run_recorded_before_protocols_resumes_as_hide():
+    """A resume compares configs: keys a run recorded before protocols never had take their hide values."""
+    from omegaconf import OmegaConf
+
+    from norga.engine.protocol_record import with_protocol_defaults
+    from norga.engine.record import config_differences
+
+    new = OmegaConf.to_container(_compose("dataset=cub", "paths.data_dir=/data"), resolve=True)
+    old = {k: v for k, v in new.items() if k != "protocol"}
+    old["dataset"] = {k: v for k, v in new["dataset"].items() if k in ("name", "root", "num_tasks", "shuffle")}
+    old["dataset"]["source"] = {k: v for k, v in new["dataset"]["source"].items() if k not in ("layout", "verify")}
+    assert config_differences(old, new), "without the defaults, the old record differs"
+    assert config_differences(with_protocol_defaults(old), new) == []
+    pilot = OmegaConf.to_container(_compose("dataset=cub", "paths.data_dir=/data", "protocol=pilot"), resolve=True)
+    assert "dataset.class_order" in config_differences(with_protocol_defaults(old), pilot)

@@ -35,3 +35,25 @@ def protocol_record(cfg: Any, benchmark: Any, acc: list[list[float]], test_count
     if acc:
         out.update(four_accuracies(acc, out["test_counts"]))
     return out
+
+
+# What a config recorded before protocols existed meant: HiDe's protocol, as every run did then.
+_DATASET_DEFAULTS = {"class_order": "python_seed", "order_seed": None, "init_classes": None, "increment": None,
+                     "transforms": "paper", "normalize": "recipe", "verify": False, "accept_license": False}
+_SOURCE_DEFAULTS = {"norga.data.cub.load_cub200": {"layout": "auto", "verify": False}}
+
+
+def with_protocol_defaults(recorded: dict | None) -> dict | None:
+    """A resolved config recorded before the protocol keys existed, with the values those keys take for the
+    same run today (``protocol=hide``), so that resuming such a run is not refused for keys it never had."""
+    if not isinstance(recorded, dict) or "protocol" in recorded:
+        return recorded
+    out = {**recorded, "protocol": "hide"}
+    dataset = recorded.get("dataset")
+    if isinstance(dataset, dict):
+        dataset = {**_DATASET_DEFAULTS, **dataset}
+        source = dataset.get("source")
+        if isinstance(source, dict):
+            dataset["source"] = {**_SOURCE_DEFAULTS.get(source.get("_target_"), {}), **source}
+        out["dataset"] = dataset
+    return out

@@ -31,7 +31,7 @@ from norga.engine.distributed import barrier, broadcast_object, cleanup, init_di
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
 from norga.engine.logging import NullLogger, to_run_log
-from norga.engine.protocol_record import protocol_record
+from norga.engine.protocol_record import protocol_record, with_protocol_defaults
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
 from norga.engine.threads import set_threads
@@ -220,6 +220,7 @@ class ContinualRun:
         last = self.ckpt_dir / "last.pt"
         state = load_checkpoint(last) if last.is_file() else None
         recorded = state["config"] if state is not None else record.recorded_config(self.run_dir)
+        recorded = with_protocol_defaults(recorded)  # a run recorded before protocols was protocol=hide
         record.refuse_changed_config(self.run_dir, recorded, self.config)
         return state
 
