@@ -30,7 +30,10 @@ def protocol_labels(metrics: dict[str, Any]) -> tuple[str, str]:
     order = str(metrics.get("order") or "?")
     if order.startswith("py-seed-"):
         order = "py-seed"
-    return protocol, f"{metrics.get('data_split') or '-'}/{metrics.get('split') or '?'}/{order}"
+    labels = f"{metrics.get('data_split') or '-'}/{metrics.get('split') or '?'}/{order}"
+    if metrics.get("license_accepted"):  # trained on data whose licence restricts it (ObjectNet): said in the row
+        labels += " (licence accepted)"
+    return protocol, labels
 
 
 def _values(group: Any, key: str) -> list[float]:
@@ -67,7 +70,7 @@ def protocol_rows(groups: Sequence[Any], paper: bool) -> tuple[list[str], list[l
         row = [k.dataset, k.split, k.protocol, k.backbone, k.method_label, str(len(g.runs)), ", ".join(g.seeds),
                *(_cell(stats[key], len(g.runs)) for _, key in COLUMNS)]
         if paper:
-            tasks = k.split.split("/")[1] if k.split.count("/") >= 2 else ""
+            tasks = k.split.split("/")[1] if k.split.count("/") >= 2 else ""  # B{init}Inc{inc}
             published = paper_results.benchmark_row(k.dataset, tasks, k.protocol, k.backbone, k.method)
             row.append("; ".join(f"{m} = {p} ({src})" for m, (p, src) in published.items()) or "n/a")
             row.append(", ".join(f"{m} {round(float(np.mean(stats[m])), 2) - p.mean:+.2f}"

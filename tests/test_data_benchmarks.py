@@ -198,3 +198,10 @@ def test_imagenet_r_in_5_10_20_40_tasks(num_tasks, split, tmp_path):
                                        "cache_dir": str(tmp_path.parent / "cache"), "expected_classes": 200}})
     b = build_benchmark(cfg, 32, seed=42)
     assert b.num_tasks == num_tasks and b.split_name == split and b.task_classes[0][:3] == [168, 136, 51]
+
+
+def test_imagenet_r_verify_checks_pilots_archive(tmp_path, caplog):
+    make_split_folders(tmp_path, "imagenet-r", num_classes=2, n_train=2, n_test=1)
+    (tmp_path / "imagenet-r.zip").write_bytes(b"not the archive")
+    with pytest.raises(DatasetFileError, match="730aa3fb9c7d2ec0b6381c6b23040681"):
+        load_imagenet_r(str(tmp_path), cache_dir=str(tmp_path.parent / "c"), verify=True)

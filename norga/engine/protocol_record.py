@@ -32,6 +32,7 @@ def protocol_record(cfg: Any, benchmark: Any, acc: list[list[float]], test_count
     }
     if cfg.dataset.get("accept_license"):
         out["license_accepted"] = True  # the user opted in to a licence that restricts training on the data
+        out["label"] += "/license-accepted"
     if acc:
         out.update(four_accuracies(acc, out["test_counts"]))
     return out
@@ -40,7 +41,8 @@ def protocol_record(cfg: Any, benchmark: Any, acc: list[list[float]], test_count
 # What a config recorded before protocols existed meant: HiDe's protocol, as every run did then.
 _DATASET_DEFAULTS = {"class_order": "python_seed", "order_seed": None, "init_classes": None, "increment": None,
                      "transforms": "paper", "normalize": "recipe", "verify": False, "accept_license": False}
-_SOURCE_DEFAULTS = {"norga.data.cub.load_cub200": {"layout": "auto", "verify": False}}
+_SOURCE_DEFAULTS = {"norga.data.cub.load_cub200": {"layout": "auto", "verify": False},
+                    "norga.data.imagenet_r.load_imagenet_r": {"verify": False}}
 
 
 def with_protocol_defaults(recorded: dict | None) -> dict | None:
