@@ -16,7 +16,7 @@ from norga.data import ArraySource, Benchmark, SourcePair, build_transform
 from norga.data.protocol import class_order, order_label, split_name, task_sizes
 from tests.learning import CONF
 
-# BENCHMARKS.md §1.2: the first twelve entries (checked against RCIL's logs for 100, 200, 300)
+# The first twelve entries, as RCIL's SimpleCIL logs print them for C = 100, 200, 300 (345: computed)
 FIRST = {
     100: [68, 56, 78, 8, 23, 84, 90, 65, 74, 76, 40, 89],
     200: [168, 136, 51, 9, 183, 101, 171, 99, 42, 159, 191, 70],

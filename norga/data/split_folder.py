@@ -36,7 +36,7 @@ class SplitFolderDataset:
     archive: str | None = None  # the archive's file name, e.g. "ina.zip"
     md5: str | None = None  # the maintainers' MD5 of it
     classes: int | None = None  # the class count the benchmark has
-    split: str = "pilot-zip"  # the split id a result label carries (see BENCHMARKS.md §4.6)
+    split: str = "pilot-zip"  # the split id a result label carries (pilot-zip: the pre-split archive)
 
     def layout(self) -> str:
         first, *others = self.folders
