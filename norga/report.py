@@ -110,6 +110,8 @@ class GroupKey:
         stem = f"{stem}_T{self.num_tasks}"
         if self.variant:  # overrides can be long or hold '/', a hash keeps the name short and unique
             stem += "_v" + hashlib.sha1(self.variant.encode()).hexdigest()[:8]
+        if self.protocol not in ("", "hide"):  # rows of two protocols never share a plot file
+            stem += f"_{self.protocol}_" + hashlib.sha1(self.split.encode()).hexdigest()[:8]
         return stem
 
 
