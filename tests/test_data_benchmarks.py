@@ -205,3 +205,13 @@ def test_imagenet_r_verify_checks_pilots_archive(tmp_path, caplog):
     (tmp_path / "imagenet-r.zip").write_bytes(b"not the archive")
     with pytest.raises(DatasetFileError, match="730aa3fb9c7d2ec0b6381c6b23040681"):
         load_imagenet_r(str(tmp_path), cache_dir=str(tmp_path.parent / "c"), verify=True)
+
+
+def test_building_an_objectnet_benchmark_without_the_licence_is_refused_as_itself(tmp_path):
+    """Through Hydra's instantiate (as a run builds it), the refusal surfaces as itself, naming the licence."""
+    make_split_folders(tmp_path, "objectnet", num_classes=2)
+    cfg = OmegaConf.create({"name": "objectnet", "num_tasks": 1, "shuffle": True,
+                            "source": {"_target_": "norga.data.objectnet.load_objectnet", "root": str(tmp_path),
+                                       "expected_classes": 2}})
+    with pytest.raises(LicenseNotAcceptedError, match="ObjectNet may never be used to tune"):
+        build_benchmark(cfg, 32, seed=0)

@@ -141,3 +141,9 @@ def test_a_run_recorded_before_protocols_resumes_as_hide():
     assert config_differences(with_protocol_defaults(old), new) == []
     pilot = OmegaConf.to_container(_compose("dataset=cub", "paths.data_dir=/data", "protocol=pilot"), resolve=True)
     assert "dataset.class_order" in config_differences(with_protocol_defaults(old), pilot)
+
+
+def test_normalize_backbone_normalises_every_family_with_the_backbones_statistics():
+    for kind in ("default", "cifar100"):
+        last = build_transform(kind, 32, False, [0.5] * 3, [0.25] * 3, normalize="backbone").transforms[-1]
+        assert isinstance(last, T.Normalize) and tuple(last.mean) == (0.5,) * 3 and tuple(last.std) == (0.25,) * 3
