@@ -51,6 +51,7 @@ def test_pilot_run_on_imagenet_a_in_pilots_layout(tmp_path):
     assert m["acc_avg_taskmean"] == pytest.approx(m["cum_avg_acc"])
     log = (run_dir / "run.log").read_text()
     assert "dataset imagenet_a: 10 classes, train 20 images, test 55 images, split pilot-zip" in log
+    assert f"pooled A_B {m['acc_last_pooled']:.2f} Ā {m['acc_avg_pooled']:.2f}" in log
 
 
 def test_objectnet_without_the_licence_accepted_is_refused_in_seconds(tmp_path):

@@ -434,7 +434,8 @@ class ContinualRun:
             self.logger.summary(summary)
             tii = "" if metrics["tii_acc"] is None else f" | TII {metrics['tii_acc']:.2f}"
             done = (f"done: FA {metrics['final_avg_acc']:.2f} | CA {metrics['cum_avg_acc']:.2f} | FFM "
-                    f"{metrics['forgetting']:.2f}{tii} | {round(metrics['vit_passes'])} ViT passes over test sets "
+                    f"{metrics['forgetting']:.2f}{tii} | pooled A_B {metrics['acc_last_pooled']:.2f} Ā "
+                    f"{metrics['acc_avg_pooled']:.2f} | {round(metrics['vit_passes'])} ViT passes over test sets "
                     f"| {metrics['wall_time_s']:.0f}s | {self.run_dir / 'metrics.json'}")
             exit_code = 0
             return metrics
