@@ -2,7 +2,7 @@
 YAML file or on the command line fails at compose time with the valid keys listed.
 
 The groups' YAML files (``conf/``) fill these nodes; presets (``conf/preset``) only set values. Field
-metadata (``min``, ``min_exclusive``, ``max``, ``choices``, ``pattern``, ``min_items``; see
+metadata (``min``, ``min_exclusive``, ``max``, ``max_exclusive``, ``choices``, ``pattern``, ``min_items``; see
 :mod:`norga.methods.schemas`) states what a value may be; :func:`validate` checks a composed config against
 it, and against keys added with ``+key=`` that no schema knows, before anything is built.
 """
@@ -22,12 +22,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from norga.errors import ConfigError
+from norga.fidelity import CORRECTED, FIDELITIES
 from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choice, positive
 
 # The prefix-attention kernels (norga.models.attention.PREFIX_IMPLS, which imports torch: composing a config
 # must not) and the precisions of train.precision.
 ATTENTION_KERNELS = ("auto", "explicit", "sdpa_mask", "lse_merge", "augmented", "flex")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+CLASS_ORDERS = ("seeded", "numpy_1993")
 
 
 def matching(regex: str, default: Any, means: str) -> Any:
@@ -49,12 +51,15 @@ class DatasetConfig:
     num_tasks: int = positive(MISSING)
     shuffle: bool = True
     source: Any = MISSING  # {_target_: loader function, root, download, ...}
-    # The protocol's choices (conf/protocol, norga.data.protocol); each can be overridden on its own.
-    class_order: str = choice("python_seed", "python_seed", "numpy_permutation")
-    order_seed: int | None = at_least(0, None)  # null: the run seed
+    # how `shuffle` orders the classes: seeded (random.Random(seed), the prompt methods' reference) or numpy_1993
+    # (numpy's RandomState(1993) permutation whatever the seed, the PILOT family's: SimpleCIL, RanPAC)
+    class_order: str = choice("seeded", *CLASS_ORDERS)
+    # transform families replaced by another, e.g. {cifar100: default}: CIFAR images get the ImageNet-R family
+    # (crop scale 0.05-1, bilinear, no colour jitter, no normalisation), as SimpleCIL's and RanPAC's authors
+    transform_as: dict[str, str] = field(default_factory=dict)
+    # The protocol's other choices (conf/protocol, norga.data.protocol); each can be overridden on its own.
     init_classes: int | None = at_least(0, None)  # B{init}Inc{inc}; null with increment null: equal tasks
     increment: int | None = positive(None)
-    transforms: str = choice("paper", "paper", "pilot")
     normalize: str = choice("recipe", "recipe", "none", "backbone")
     verify: bool = False  # check the archive's MD5 where the user keeps it next to the folder
     accept_license: bool = False  # for datasets whose licence restricts training on them (ObjectNet)
@@ -136,7 +141,8 @@ class RunConfig:
     protocol: str = matching(r"[A-Za-z0-9_.-]+", "hide", "a protocol name (conf/protocol/<name>.yaml)")
     device: str = matching(r"auto|cpu|mps|cuda(:\d+)?", "auto", "auto, cpu, mps, cuda or cuda:<index>")
     resume: bool = False
-    progress: bool = True
+    # progress bars: auto (only when stderr is a terminal), true or false; without bars, one line per epoch
+    progress: Any = field(default="auto", metadata={"choices": ("auto", True, False)})
     paths: PathsConfig = field(default_factory=PathsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -150,6 +156,9 @@ class RunConfig:
     # None for a continual run; "joint" (set by `+bound=joint`, conf/bound/joint.yaml) for the upper bound
     # trained on all classes as one task, which the report labels and compares the continual rows with
     bound: str | None = choice(None, "joint")
+    # corrected: norga's defaults; reference: every documented reference behaviour of the method, set by
+    # conf/fidelity (docs/algorithm.md#fidelity)
+    fidelity: str = choice(CORRECTED, *FIDELITIES)
 
 
 # Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the
@@ -208,8 +217,21 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
 
 def config_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
     """``(dotted key, what is wrong)`` for each problem of ``cfg``, walking every node whose type is a schema
-    dataclass (``OmegaConf.get_type``); untyped nodes (``_target_`` dicts) belong to their targets."""
+    dataclass (``OmegaConf.get_type``); untyped nodes (``_target_`` dicts) belong to their targets; then the
+    rules that tie keys together."""
     yield from _walk(cfg, "")
+    yield from _joint_bound_problems(cfg)
+
+
+def _joint_bound_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
+    # conf/bound/joint.yaml sets one task, but a command-line dataset.num_tasks wins over it (Hydra's order)
+    # and would run a continual run labelled "joint"
+    if cfg.get("bound") != "joint" or "dataset" not in cfg or "num_tasks" not in cfg.dataset:
+        return
+    tasks = cfg.dataset.num_tasks
+    if tasks != 1:
+        yield "dataset.num_tasks", (f"{tasks} tasks with +bound=joint: the joint bound trains every class as one "
+                                    "task; drop dataset.num_tasks (the bound sets 1) or drop +bound=joint")
 
 
 def problem_report(problems: list[tuple[str, str]], overrides: Iterable[str] = ()) -> str:
@@ -277,6 +299,10 @@ def _walk(node: DictConfig, prefix: str) -> Iterator[tuple[str, str]]:
 
 def _check(value: Any, spec: Field) -> str | None:
     rules = spec.metadata
+    unknown = sorted(set(rules) - set(RULE_KEYS))
+    if unknown:  # a schema's typo must not turn a rule off silently
+        raise TypeError(f"field {spec.name!r} declares metadata {unknown} that the validator does not know; the "
+                        f"known rules are {', '.join(RULE_KEYS)}")
     if value is None:
         return None
     if isinstance(value, ListConfig | list | tuple):
@@ -290,13 +316,18 @@ def _check(value: Any, spec: Field) -> str | None:
     return _check_scalar(value, rules)
 
 
+#: the field-metadata keys a schema may declare; every one is enforced by :func:`validate`
+RULE_KEYS = ("choices", "pattern", "means", "min_items", "min", "min_exclusive", "max", "max_exclusive")
+_BOUNDS = ("min", "min_exclusive", "max", "max_exclusive")
+
+
 def _check_scalar(value: Any, rules: dict) -> str | None:
     if "choices" in rules and value not in rules["choices"]:
         options = ", ".join(str(c) for c in rules["choices"] if c is not None)
         return f"{value!r} is not an option; choose one of {options}"
     if "pattern" in rules and not (isinstance(value, str) and re.fullmatch(rules["pattern"], value)):
         return f"{value!r} is not one of {rules.get('means', rules['pattern'])}"
-    bounds = [k for k in ("min", "min_exclusive", "max") if k in rules]
+    bounds = [k for k in _BOUNDS if k in rules]
     if not bounds or isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if not math.isfinite(value):
@@ -307,4 +338,6 @@ def _check_scalar(value: Any, rules: dict) -> str | None:
         return f"{value} must be > {rules['min_exclusive']}"
     if "max" in rules and value > rules["max"]:
         return f"{value} must be <= {rules['max']}"
+    if "max_exclusive" in rules and value >= rules["max_exclusive"]:
+        return f"{value} must be < {rules['max_exclusive']}"
     return None

@@ -34,6 +34,7 @@ import numpy as np
 
 from norga import paper_results
 from norga.config import RESULT_FREE_KEYS
+from norga.fidelity import CORRECTED, fidelity_of_record, fidelity_tag
 from norga.metrics import average_accuracy_curve, summarize
 from norga.report_protocols import protocol_labels, protocol_section
 
@@ -59,7 +60,7 @@ STD_NOTE = (
 # Task overrides (from .hydra/overrides.yaml) that do not make a run a different experiment: the row's own
 # keys and bookkeeping. Anything else (optimizer.lr=..., debug=..., method.prompt_length=...) starts a
 # separate group so that different settings are never averaged together.
-_ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep", "bound"})
+_ROW_KEYS = frozenset({"seed", "dataset", "backbone", "method", "gate", "method.gate", "sweep", "bound", "fidelity"})
 _BOOKKEEPING_ROOTS = frozenset({"logger", "paths", "hydra", "wandb"})
 
 
@@ -82,13 +83,15 @@ class GroupKey:
     num_tasks: int
     variant: str = ""  # sorted extra task overrides, "" when none
     bound: str = ""  # "" for a continual run, "joint" for the all-classes-at-once upper bound
+    fidelity: str = CORRECTED  # norga.fidelity: corrected, or reference (labelled)
     # the protocol's labels (norga.report_protocols): "" for runs recorded before protocols
     protocol: str = ""
     split: str = ""  # <data split>/<B{init}Inc{inc}>/<class order>
 
     @property
     def method_label(self) -> str:
-        return f"{self.method} ({self.bound})" if self.bound else self.method
+        tags = ", ".join(t for t in (self.bound, fidelity_tag(self.fidelity)) if t)
+        return f"{self.method} ({tags})" if tags else self.method
 
     @property
     def label(self) -> str:
@@ -99,13 +102,14 @@ class GroupKey:
 
     def sort_key(self) -> tuple:
         """The paper's order: bounds after continual rows, then by method, then dataset and backbone."""
-        return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.dataset,
+        return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.fidelity, self.dataset,
                 self.backbone, self.gate, self.num_tasks, self.variant, self.protocol, self.split)
 
     @property
     def file_stem(self) -> str:
         gate = "nogate" if self.gate == NO_GATE else self.gate
-        parts = [self.dataset, self.backbone, self.method, gate, *([self.bound] if self.bound else [])]
+        parts = [self.dataset, self.backbone, self.method, gate, *([self.bound] if self.bound else []),
+                 *([fidelity_tag(self.fidelity)] if fidelity_tag(self.fidelity) else [])]
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))
         stem = f"{stem}_T{self.num_tasks}"
         if self.variant:  # overrides can be long or hold '/', a hash keeps the name short and unique
@@ -391,7 +395,8 @@ def load_run(run_dir: Path) -> Run | Failed | Unfinished:
         if values[key] is None:
             values[key] = value
     key = GroupKey(info["dataset"], info["backbone"], info["method"], _gate(info.get("gate")), total,
-                   info.get("variant", ""), _bound(info.get("bound")), *protocol_labels(data))
+                   info.get("variant", ""), _bound(info.get("bound")), fidelity_of_record(data),
+                   *protocol_labels(data))
     seed = info.get("seed") if isinstance(info.get("seed"), int) else None
     matrix = [[float(x) for x in row] for row in acc]
     return Run(run_dir, key, seed, values, matrix, metrics_file.stat().st_mtime)
@@ -563,6 +568,8 @@ def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list
         header += ["paper_gate_fa", "diff_gate_fa"]
     if show_joint:
         header += ["bound", "joint_ref", "joint_gap_fa"]
+    show_fidelity = any(g.key.fidelity != CORRECTED for g in groups)
+    header += ["fidelity"] if show_fidelity else []
     rows = []
     for g in groups:
         k = g.key
@@ -583,6 +590,7 @@ def csv_rows(groups: Sequence[Group], paper: bool) -> tuple[list[str], list[list
         if show_joint:
             gap, ref = _joint_gap(g, groups)
             row += [k.bound, "" if ref is None else _joint_name(ref), _fmt(gap)]
+        row += [k.fidelity] if show_fidelity else []
         rows.append(row)
     return header, rows
 

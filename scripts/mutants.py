@@ -8,8 +8,9 @@ Each mutant in ``tests/mutants.yaml`` is a small breakage of one guarantee: ``ed
 ``old`` text, which must occur exactly once, becomes ``new``) and the ``tests`` that specify the guarantee.
 For each mutant the script copies the repository's tracked files to a scratch directory, applies the edits,
 runs those tests there (``pytest -x``) and reports CAUGHT (the tests fail) or MISSED (they pass: a hole in
-the suite). It exits non-zero if any mutant is missed or cannot be applied (the code it names moved: update
-the list). The list grows with every guarantee the suite adds.
+the suite), with the seconds its tests took (and the total at the end). It exits non-zero if any mutant is
+missed or cannot be applied (the code it names moved: update the list). The list grows with every
+guarantee the suite adds.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown mutants {unknown}; see --list")
         mutants = [m for m in mutants if m.name in args.only]
     results = []
+    started = time.perf_counter()
     for m in mutants:
         outcome, seconds = run(m, args.timeout)
         results.append((m, outcome))
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if not outcome.startswith(("CAUGHT", "MISSED")):
             print(f"         {outcome}")
     caught = sum(outcome == "CAUGHT" for _, outcome in results)
-    print(f"\n{caught} of {len(results)} mutants caught")
+    print(f"\n{caught} of {len(results)} mutants caught in {time.perf_counter() - started:.0f}s")
     return 0 if caught == len(results) else 1
 
 

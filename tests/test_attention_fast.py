@@ -14,12 +14,12 @@ import norga.models.attention as attention
 from norga.models.attention import (
     Prefix,
     PrefixAttention,
-    PrefixBlock,
     configure_prefix_attention,
     describe_prefix_impl,
     resolve_prefix_impl,
 )
 from norga.models.gates import gate_names, get_gate
+from norga.models.peft import PeftBlock
 from norga.models.prompts import PromptPool
 from norga.models.vit import vit_features
 
@@ -149,7 +149,7 @@ def test_bf16_tolerance_detects_a_missing_gate():
 def tiny_vit() -> VisionTransformer:
     torch.manual_seed(0)
     vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=3, num_heads=HEADS, num_classes=0,
-                            block_fn=PrefixBlock)
+                            block_fn=PeftBlock)
     return vit.requires_grad_(False).eval()
 
 

@@ -159,12 +159,12 @@ def test_each_format_loads_exactly(case: str, tmp_path: Path, caplog: pytest.Log
 
 
 def test_prefix_block_from_the_framework_loads(tmp_path: Path) -> None:
-    from norga.models.attention import PrefixBlock
+    from norga.models.peft import PeftBlock
 
     cfg = backbone_cfg("dino", tmp_path)
     w = vit_weights()
     write(cfg, w)
-    assert_loaded(build_backbone(cfg, block_fn=PrefixBlock, num_classes=0), w)
+    assert_loaded(build_backbone(cfg, block_fn=PeftBlock, num_classes=0), w)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -168,6 +168,36 @@ def test_reference_layout_is_evaluated_batch_by_batch(tmp_path):
     assert build(tmp_path / "d", "dualprompt").learner.eval_cacheable
 
 
+def test_reference_layout_keeps_the_similarity_order_of_a_top_2_selection(tmp_path):
+    """The reference keeps torch.topk's order (best key first) and, for a batch majority, the count order; its
+    batch-mixing reshape pairs key and value halves by position, so there the order changes the features. The
+    per-sample layout's prefix attention is a softmax over all prefix columns: order-free, so it stays sorted."""
+    top2 = ["method.top_k=2", "method.prompt_mask=false", "method.pool_size=6", "method.g_prompt_layers=[]"]
+    reference = build(tmp_path, "dualprompt", [*top2, "method.prefix_layout=reference"]).learner
+    per_sample = build(tmp_path / "p", "dualprompt", top2).learner
+    perturb(reference)
+    per_sample.load_state_dict(reference.state_dict())
+    x = torch.stack([reference.benchmark.test_set(0)[i][0] for i in range(6)])
+    with torch.no_grad():
+        query = reference.query(x)
+        cos = F.normalize(query, dim=1) @ F.normalize(reference.keys.vectors, dim=1).T
+        best_first = cos.topk(2, dim=1).indices
+        assert (best_first[:, 0] > best_first[:, 1]).any(), "some sample must prefer its larger id"
+        assert reference.ordered_selection and not per_sample.ordered_selection
+        assert torch.equal(reference.select(query, 1), best_first)
+        assert torch.equal(per_sample.select(query, 1), best_first.sort(dim=1).values)
+        # sorting reorders some rows only: the reshape then pairs other key and value halves
+        ascending = best_first.sort(dim=1).values
+        assert not torch.allclose(reference.features(x, best_first, query), reference.features(x, ascending, query),
+                                  atol=1e-4), "in the reference layout the order decides the features"
+        assert torch.allclose(per_sample.features(x, best_first, query), per_sample.features(x, ascending, query),
+                              atol=1e-5), "per sample, the order of the prefixes does not matter"
+    picks = torch.tensor([[4, 1], [5, 4], [4, 2], [1, 5]])  # counts: 4 x3, 1 x2, 5 x2, 2 x1
+    assert majority_selection(picks, ordered=True).tolist() == [4, 1]  # most frequent first
+    assert majority_selection(picks).tolist() == [1, 4]
+    assert batchwise_majority(picks, 4, ordered=True)[0].tolist() == [4, 1]
+
+
 @pytest.mark.parametrize(("method", "overrides", "message"), [
     ("l2p", ["gate=tanh"], "method=l2p takes no gate"),
     ("dualprompt", ["method.gate=sigmoid"], "method=norga gate=sigmoid"),

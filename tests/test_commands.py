@@ -31,8 +31,25 @@ def load_script(path: Path):
 
 def test_every_script_is_covered_here():
     scripts = {p.relative_to(ROOT).as_posix() for d in ("benchmarks", "scripts") for p in (ROOT / d).glob("*.py")}
-    assert scripts == {"benchmarks/step.py", "benchmarks/eval_passes.py", "scripts/pretrain_embedded_vit.py",
-                       "scripts/mutants.py"}, "a new script needs a test that runs it"
+    assert scripts == {"benchmarks/step.py", "benchmarks/eval_passes.py", "benchmarks/vs_reference.py",
+                       "scripts/pretrain_embedded_vit.py", "scripts/mutants.py"}, \
+        "a new script needs a test that runs it"
+
+
+def test_vs_reference_explains_itself_and_what_to_fetch(capsys):
+    """It needs the authors' checkout, which norga does not ship: --help runs, and without the directory it says
+    which repositories to clone (the comparison itself runs where a user has them: benchmarks/README.md)."""
+    done = subprocess.run([sys.executable, "benchmarks/vs_reference.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--reference-dir" in done.stdout and "MoE_PromptCL" in done.stdout
+    bench = load_script(ROOT / "benchmarks" / "vs_reference.py")
+    assert bench.main([]) == 2
+    out = capsys.readouterr().out
+    assert "git clone https://github.com/Minhchuyentoancbn/MoE_PromptCL" in out
+    assert "git clone https://github.com/GT-RIPL/CODA-Prompt" in out
+    with pytest.raises(SystemExit, match="neither a MoE_PromptCL nor a CODA-Prompt checkout"):
+        bench.main(["--reference-dir", str(ROOT / "docs")])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -137,7 +154,12 @@ def test_readme_command_composes_and_validates(readme, command):
         assert report([str(ROOT / "outputs-does-not-exist"), *tokens[4:]]) == 2
         return
     script = tokens[1] if tokens[0] == "python" else None
-    assert script in ("run.py", "benchmarks/step.py", "benchmarks/eval_passes.py"), f"no test runs: {command}"
+    assert script in ("run.py", "benchmarks/step.py", "benchmarks/eval_passes.py", "benchmarks/vs_reference.py"), \
+        f"no test runs: {command}"
+    if script == "benchmarks/vs_reference.py":  # needs the authors' checkout: its options must parse
+        args = load_script(ROOT / script).build_parser().parse_args(tokens[2:])
+        assert args.reference_dir is not None and not args.overrides, command
+        return
     overrides, sweep = overrides_of(tokens[2:])
     if script == "benchmarks/eval_passes.py":
         overrides = load_script(ROOT / script).SHRUNK + overrides

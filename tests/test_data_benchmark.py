@@ -44,6 +44,30 @@ def test_class_order_follows_seed(cifar):
     assert plain.task_classes[3] == list(range(30, 40))
 
 
+def test_pilot_class_order_is_numpy_1993_whatever_the_seed(cifar):
+    """SimpleCIL's and RanPAC's authors (the PILOT family) order the classes by np.random.seed(1993);
+    np.random.permutation(C): for C = 100 it starts 68, 56, 78, 8, 23, 84 (their logged orders)."""
+    orders = [Benchmark(cifar, num_tasks=10, seed=s, shuffle=True, input_size=32, class_order="numpy_1993")
+              for s in (40, 42)]
+    assert orders[0].class_order == orders[1].class_order
+    assert orders[0].class_order[:12] == [68, 56, 78, 8, 23, 84, 90, 65, 74, 76, 40, 89]
+    assert Benchmark(cifar, num_tasks=10, seed=1, shuffle=False, input_size=32,
+                     class_order="numpy_1993").class_order == list(range(100))
+    with pytest.raises(ValueError, match="dataset.class_order must be seeded or numpy_1993"):
+        Benchmark(cifar, num_tasks=10, seed=1, input_size=32, class_order="numpy")
+
+
+def test_transform_as_gives_cifar_images_another_family(cifar):
+    """{cifar100: default}: CIFAR images get the ImageNet-R family (no normalisation: pixels stay in [0, 1]),
+    as SimpleCIL's and RanPAC's authors; an unknown kind is refused with the known ones."""
+    plain = Benchmark(cifar, num_tasks=10, seed=1, input_size=32)
+    as_default = Benchmark(cifar, num_tasks=10, seed=1, input_size=32, transform_as={"cifar100": "default"})
+    x_plain, x_default = plain.test_set(0)[0][0], as_default.test_set(0)[0][0]
+    assert x_plain.min() < 0 and 0 <= x_default.min() and x_default.max() <= 1
+    with pytest.raises(ValueError, match=r"unknown transform kinds \['imagenet'\]; known kinds: cifar100, default"):
+        Benchmark(cifar, num_tasks=10, seed=1, input_size=32, transform_as={"cifar100": "imagenet"})
+
+
 def test_tasks_equal_disjoint_and_consistent(cifar):
     bench = Benchmark(cifar, num_tasks=10, seed=0, shuffle=True, input_size=32)
     assert (bench.num_classes, bench.num_tasks) == (100, 10)

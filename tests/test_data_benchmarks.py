@@ -179,8 +179,8 @@ def test_domainnet_missing_names_layout_source_and_licence(tmp_path):
 
 def test_every_run_logs_its_image_counts(tmp_path, caplog):
     make_split_folders(tmp_path, "vtab", num_classes=4, n_train=3, n_test=2)
-    cfg = OmegaConf.create({"name": "vtab", "num_tasks": 2, "shuffle": False, "class_order": "numpy_permutation",
-                            "order_seed": 1993, "source": {"_target_": "norga.data.vtab.load_vtab",
+    cfg = OmegaConf.create({"name": "vtab", "num_tasks": 2, "shuffle": False, "class_order": "numpy_1993",
+                            "source": {"_target_": "norga.data.vtab.load_vtab",
                                                            "root": str(tmp_path), "expected_classes": 4}})
     with caplog.at_level(logging.INFO, logger="norga"):
         b = build_benchmark(cfg, 32, seed=42)
@@ -193,7 +193,7 @@ def test_every_run_logs_its_image_counts(tmp_path, caplog):
 def test_imagenet_r_in_5_10_20_40_tasks(num_tasks, split, tmp_path):
     make_split_folders(tmp_path, "imagenet-r", num_classes=200, n_train=1, n_test=1)
     cfg = OmegaConf.create({"name": "imr", "num_tasks": num_tasks, "shuffle": True,
-                            "class_order": "numpy_permutation", "order_seed": 1993,
+                            "class_order": "numpy_1993",
                             "source": {"_target_": "norga.data.imagenet_r.load_imagenet_r", "root": str(tmp_path),
                                        "cache_dir": str(tmp_path.parent / "cache"), "expected_classes": 200}})
     b = build_benchmark(cfg, 32, seed=42)

@@ -31,7 +31,7 @@ from norga.engine.distributed import (
 from norga.engine.loaders import make_loader
 from norga.engine.loops import masked_logits
 from norga.methods.hide_prompt import contrastive_loss
-from norga.models.attention import PrefixBlock
+from norga.models.peft import PeftBlock
 from norga.models.prompts import PromptPool
 from norga.models.vit import init_linear, vit_features
 
@@ -46,7 +46,7 @@ SCENARIOS = [(0, 8), (1, 7)]
 def build():
     torch.manual_seed(0)
     vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=2, num_heads=HEADS, num_classes=0,
-                            block_fn=PrefixBlock).requires_grad_(False).eval()
+                            block_fn=PeftBlock).requires_grad_(False).eval()
     pool = PromptPool([0, 1], num_tasks=2, length=3, num_heads=HEADS, head_dim=DIM // HEADS, gate="tanh")
     head = nn.Linear(DIM, CLASSES)
     init_linear(head)

@@ -1,6 +1,7 @@
 """The documentation ships with the code: nothing cites a document outside the repository, and every
 ``docs/<page>.md#<anchor>`` that code, configs or docs cite names a heading that exists."""
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -53,69 +54,111 @@ def test_every_cited_anchor_exists():
     assert not broken, "\n".join(broken)
 
 
-OUTSIDE_METHOD = '''
-import torch
-from torch import nn
-
-from norga.engine.stages import Stage, evaluation
-from norga.methods.base import Learner
-
-
-class Table(nn.Module):
-    def __init__(self, rows, dim):
-        super().__init__()
-        self.register_buffer("means", torch.zeros(rows, dim))
+def doc_blocks(page: str, heading: str) -> dict[str, str]:
+    """The fenced code blocks of the section of ``docs/<page>`` under ``heading``, by language."""
+    text = (ROOT / "docs" / page).read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n#", start + len(heading) + 2)
+    blocks = re.findall(r"```(\w+)\n(.*?)```", text[start:end if end >= 0 else None], re.S)
+    languages = [lang for lang, _ in blocks]
+    assert len(set(languages)) == len(languages), f"one block per language under {heading!r}: {languages}"
+    return dict(blocks)
 
 
-class NearestMean(Learner):
-    """Nearest class mean of the frozen features: one learner stage, no training."""
+@pytest.fixture(scope="module")
+def minimal_method(tmp_path_factory):
+    """docs/extending.md's minimal method, written as the page says: ``my_methods/<module>.py`` and
+    ``my_methods/conf/method/<name>.yaml``, in a folder outside the repository; returns the folder, the method's
+    name and the page's command."""
+    import yaml
 
-    name = "nearest_mean"
-    features_need_images = False
-
-    def __init__(self, cfg, backbone, benchmark, device):
-        super().__init__(cfg, backbone, benchmark, device)
-        self.table = Table(benchmark.num_classes, backbone.embed_dim).to(device)
-
-    def stages(self, task):
-        return [Stage("class_means"), evaluation()]
-
-    def modules(self):
-        return {"table": self.table}
-
-    def class_means(self, ctx):
-        ctx.seed_epoch()
-        feats, labels = self.extract_all(self.backbone_features, self.statistics_loader(ctx.task), "means")
-        for c in labels.unique().tolist():
-            self.table.means[c] = feats[labels == c].mean(0)
-
-    def features(self, x, selection, query):
-        return query
-
-    def logits(self, features, upto_task):
-        distance = torch.cdist(features, self.table.means)
-        return (-distance).masked_fill(~self.benchmark.seen_mask(upto_task).to(distance.device), float("-inf"))
-'''
+    blocks = doc_blocks("extending.md", "### A complete minimal method")
+    config = yaml.safe_load(blocks["yaml"])
+    module = config["_target_"].rsplit(".", 1)[0]
+    folder = tmp_path_factory.mktemp("outside") / "my_methods"
+    (folder / "conf" / "method").mkdir(parents=True)
+    (folder / f"{module}.py").write_text(blocks["python"])
+    (folder / "conf" / "method" / f"{config['name']}.yaml").write_text(blocks["yaml"])
+    return folder, config["name"], blocks["bash"].strip()
 
 
-def test_a_method_outside_the_package_runs_under_the_contract(tmp_path):
-    """docs/extending.md: a method is one code file plus its YAML; here both live outside the repository."""
-    import json
+def run_outside(folder: Path, args: list[str], log: Path, crash_at: str | None = None) -> int:
+    """``run.py`` from ``folder`` (outside the repository) with the method's folder on PYTHONPATH and in
+    Hydra's search path, as the page's command; stdout and stderr go to the file ``log``."""
     import os
     import sys
 
-    (tmp_path / "nearest_mean.py").write_text(OUTSIDE_METHOD)
-    (tmp_path / "conf" / "method").mkdir(parents=True)
-    (tmp_path / "conf" / "method" / "nearest_mean.yaml").write_text(
-        "_target_: nearest_mean.NearestMean\nname: nearest_mean\ngate: null\nbatchwise_prompt: false\n")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    done = subprocess.run([sys.executable, "run.py", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-                           "method=nearest_mean", "dataset.num_tasks=2", "dataset.source.train_fraction=0.25",
-                           "eval.max_samples_per_task=60", "logger=none", "progress=false",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["finished"] and metrics["method"] == "nearest_mean" and metrics["final_avg_acc"] > 50
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.pt", "task_0.pt",
-                                                                                    "task_1.pt"]
+    env = {k: v for k, v in os.environ.items() if k != "NORGA_CRASH_AT"}
+    env["PYTHONPATH"] = str(folder)
+    if crash_at:
+        env["NORGA_CRASH_AT"] = crash_at
+    with log.open("w") as out:
+        return subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.searchpath=[file://{folder / 'conf'}]",
+                               *args], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=600).returncode
+
+
+@pytest.fixture(scope="module")
+def smoke_run(minimal_method):
+    """The page's command, run as written (``<norga>`` replaced) with three epochs asked for (``debug=smoke`` caps
+    them at one), its output redirected to a file."""
+    import os
+    import sys
+
+    folder, _, command = minimal_method
+    assert "<norga>/run.py" in command and "debug=smoke" in command, command
+    line = command.replace("<norga>", str(ROOT)).replace(" python ", f" {sys.executable} ", 1)
+    log = folder.parent / "smoke.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("NORGA_CRASH_AT", "PYTHONPATH")}
+    with log.open("w") as out:
+        done = subprocess.run(["bash", "-c", line + " train.epochs=3 hydra.run.dir=run_smoke"], cwd=folder, env=env,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode == 0, log.read_text()[-3000:]
+    return folder / "run_smoke", log.read_text()
+
+
+def test_the_minimal_method_runs_exactly_the_capped_epochs_under_debug_smoke(smoke_run):
+    from norga.engine.checkpoint import load_checkpoint
+
+    run_dir, _ = smoke_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["config"]["train"]["epochs"] == 3
+    tasks = metrics["num_tasks"]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["run"]["epoch_counter"] == tasks, \
+        "train.max_epochs=1: one epoch per task"
+    epochs = re.findall(r"task (\d) probe epoch (\d)/(\d)", (run_dir / "run.log").read_text())
+    assert epochs == [(str(t), "1", "1") for t in range(tasks)]
+
+
+def test_output_redirected_to_a_file_has_no_progress_bars_and_one_line_per_epoch(smoke_run):
+    """``progress=auto`` (the default): bars only on a terminal; to a file, a line per epoch, no carriage return."""
+    _, output = smoke_run
+    assert "\r" not in output
+    lines = [line for line in output.splitlines() if " probe epoch " in line]
+    assert len(lines) == 5, output[-3000:]
+    assert all(re.search(r"epoch 1/1: loss \d+\.\d{4} \| lr \S+ \| \d+\.\ds$", line) for line in lines), lines
+
+
+def test_the_minimal_method_of_extending_md_passes_the_contract(minimal_method):
+    """Runs and learns on the learning fixture; SIGKILLed mid-training in task 1 and resumed, it ends exactly as
+    the uninterrupted run (tests/test_contract.py for the methods in the repository)."""
+    from tests.learning import RESUME_ATOL, assert_learns, assert_same_learned_state, fixture_overrides
+    from tests.test_contract import COMPARED
+
+    folder, name, _ = minimal_method
+    args = fixture_overrides([f"method={name}"])
+    assert run_outside(folder, [*args, "hydra.run.dir=reference"], folder / "reference.log") == 0, \
+        (folder / "reference.log").read_text()[-3000:]
+    reference = json.loads((folder / "reference" / "metrics.json").read_text())
+    assert reference["finished"] and reference["method"] == name
+    assert_learns(reference)
+
+    killed = run_outside(folder, [*args, "hydra.run.dir=killed"], folder / "killed.log", "task1/*/epoch1/step1")
+    assert killed == -9, (folder / "killed.log").read_text()[-3000:]
+    assert run_outside(folder, [*args, "hydra.run.dir=killed", "resume=true"], folder / "resumed.log") == 0, \
+        (folder / "resumed.log").read_text()[-3000:]
+    resumed = json.loads((folder / "killed" / "metrics.json").read_text())
+    assert resumed["finished"]
+    for key in COMPARED:
+        assert resumed[key] == reference[key], key
+    assert_same_learned_state(folder / "killed", folder / "reference", tasks=2, atol=RESUME_ATOL)

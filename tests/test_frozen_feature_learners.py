@@ -14,10 +14,11 @@ from norga.config import register
 from norga.data import build_benchmark
 from norga.engine import evaluate, loops
 from norga.engine import run as engine_run
+from norga.engine.options import refuse_untaken_options
 from norga.engine.run import ContinualRun
 from norga.methods.ranpac import RidgeStatistics, ridge_solve, select_ridge
 from norga.methods.simplecil import PrototypeHead
-from norga.models.adapter import ParallelAdapters
+from norga.models.peft import ParallelAdapters
 from norga.models.vit import build_frozen_backbone, vit_features
 from tests.learning import CONF, LEARN, learned_state, with_logger
 
@@ -166,8 +167,11 @@ def benchmark_and_backbone():
 def test_wrong_settings_fail_naming_the_key(overrides, key, benchmark_and_backbone):
     benchmark, backbone = benchmark_and_backbone
     cfg = compose_cfg(overrides)
+    learner = get_class(cfg.method._target_)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        get_class(cfg.method._target_)(cfg, backbone, benchmark, torch.device("cpu"))
+        # as the engine builds a learner: the options it does not declare are refused first
+        refuse_untaken_options(learner, cfg.method)
+        learner(cfg, backbone, benchmark, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dataset, adapted", [("cifar100", True), ("imr", False)])
@@ -193,7 +197,7 @@ def test_new_adapters_leave_the_backbone_unchanged():
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(vit_features(vit, x), vit_features(plain, x))
-        torch.nn.init.normal_(adapters.adapters[2].up.weight)  # a trained adapter does change them
+        torch.nn.init.normal_(adapters.adapters["2"].up.weight)  # a trained adapter does change them
         assert not torch.allclose(vit_features(vit, x), vit_features(plain, x))
         adapters.remove()
         assert torch.equal(vit_features(vit, x), vit_features(plain, x))

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from norga.models.attention import PrefixBlock
+from norga.models.peft import PeftBlock
 from norga.models.prompts import PromptPool
 from norga.models.vit import vit_features
 
@@ -20,7 +20,7 @@ def pool(layout="per_sample", gate="tanh", seed=0):
 def small_vit():
     torch.manual_seed(1)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=8,
-                            embed_dim=HEADS * HEAD_DIM, depth=3, num_heads=HEADS, block_fn=PrefixBlock)
+                            embed_dim=HEADS * HEAD_DIM, depth=3, num_heads=HEADS, block_fn=PeftBlock)
     return vit.eval()
 
 

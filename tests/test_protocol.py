@@ -16,7 +16,8 @@ from norga.data import ArraySource, Benchmark, SourcePair, build_transform
 from norga.data.protocol import class_order, order_label, split_name, task_sizes
 from tests.learning import CONF
 
-# The first twelve entries, as RCIL's SimpleCIL logs print them for C = 100, 200, 300 (345: computed)
+# The first twelve entries, as RCIL's SimpleCIL logs print them for C = 100, 200, 300 (345: computed);
+# numpy_1993 gives them whatever the run seed
 FIRST = {
     100: [68, 56, 78, 8, 23, 84, 90, 65, 74, 76, 40, 89],
     200: [168, 136, 51, 9, 183, 101, 171, 99, 42, 159, 191, 70],
@@ -27,21 +28,21 @@ FIRST = {
 
 @pytest.mark.parametrize("num_classes", sorted(FIRST))
 def test_pilot_order_is_numpy_randomstate_1993(num_classes):
-    order = class_order(num_classes, "numpy_permutation", 1993)
+    order = class_order(num_classes, "numpy_1993", seed=7)
     assert order[:12] == FIRST[num_classes]
     assert sorted(order) == list(range(num_classes))
     if num_classes == 200:
         assert order[-3:] == [177, 185, 161]
-    assert order_label("numpy_permutation", 1993) == "np-seed-1993"
+    assert order_label("numpy_1993", 7) == "np-seed-1993"
 
 
 def test_hide_order_is_pythons_shuffle_with_the_run_seed():
     for seed in (40, 42, 44):
         expected = list(range(100))
         random.Random(seed).shuffle(expected)
-        assert class_order(100, "python_seed", seed) == expected
-    assert class_order(50, "numpy_permutation", 1993, shuffle=False) == list(range(50))
-    assert order_label("numpy_permutation", 1993, shuffle=False) == "identity"
+        assert class_order(100, "seeded", seed) == expected
+    assert class_order(50, "numpy_1993", 1, shuffle=False) == list(range(50))
+    assert order_label("numpy_1993", 1, shuffle=False) == "identity"
 
 
 def test_b_init_inc_task_sizes_follow_pilots_rule():
@@ -65,8 +66,7 @@ def _pair(num_classes: int, per_class: int = 2) -> SourcePair:
 
 
 def test_benchmark_with_unequal_tasks():
-    b = Benchmark(_pair(100), num_tasks=6, seed=42, order="numpy_permutation", order_seed=1993, init_classes=50,
-                  increment=10)
+    b = Benchmark(_pair(100), num_tasks=6, seed=42, class_order="numpy_1993", init_classes=50, increment=10)
     assert [len(c) for c in b.task_classes] == [50, 10, 10, 10, 10, 10] and b.split_name == "B50Inc10"
     assert b.task_classes[0][:3] == [68, 56, 78]
     assert [c for cs in b.task_classes for c in cs] == b.class_order
@@ -85,36 +85,38 @@ def test_hide_is_the_default_and_keeps_todays_choices():
     cfg = _compose()
     assert cfg.protocol == "hide"
     d = cfg.dataset
-    assert (d.class_order, d.order_seed, d.init_classes, d.increment, d.transforms, d.normalize) == (
-        "python_seed", None, None, None, "paper", "recipe")
+    assert (d.class_order, dict(d.transform_as), d.init_classes, d.increment, d.normalize) == (
+        "seeded", {}, None, None, "recipe")
 
 
 def test_pilot_sets_its_choices_and_each_stays_overridable():
     d = _compose("protocol=pilot").dataset
-    assert (d.class_order, d.order_seed, d.transforms, d.normalize) == ("numpy_permutation", 1993, "pilot", "none")
-    d = _compose("protocol=pilot", "dataset.class_order=python_seed", "dataset.normalize=recipe",
-                 "dataset.increment=1", "dataset.order_seed=7").dataset
-    assert (d.class_order, d.normalize, d.increment, d.order_seed) == ("python_seed", "recipe", 1, 7)
+    assert (d.class_order, dict(d.transform_as), d.normalize) == ("numpy_1993", {"cifar100": "default"}, "none")
+    d = _compose("protocol=pilot", "dataset.class_order=seeded", "dataset.normalize=recipe",
+                 "dataset.increment=1").dataset
+    assert (d.class_order, d.normalize, d.increment) == ("seeded", "recipe", 1)
 
 
 def test_vtab_keeps_its_order_under_pilot():
     cfg = _compose("protocol=pilot", "dataset=vtab")
     assert cfg.dataset.shuffle is False
     b = Benchmark(_pair(50), cfg.dataset.num_tasks, cfg.seed, cfg.dataset.shuffle,
-                  order=cfg.dataset.class_order, order_seed=cfg.dataset.order_seed)
+                  class_order=cfg.dataset.class_order)
     assert b.class_order == list(range(50)) and b.order_label == "identity" and b.split_name == "B0Inc10"
 
 
 def test_pilot_transforms_have_no_normalisation():
     """PILOT's build_transform: the same crop and test resize for CIFAR as for the others, inputs in [0, 1]."""
-    for kind in ("cifar100", "default"):
-        for train in (True, False):
-            ops = build_transform(kind, 224, train, recipe="pilot").transforms
-            assert not any(isinstance(op, T.Normalize | T.ColorJitter) for op in ops)
-    test = build_transform("cifar100", 224, False, recipe="pilot").transforms
+    d = _compose("protocol=pilot").dataset
+    kind = dict(d.transform_as).get("cifar100", "cifar100")
+    assert kind == "default"
+    for train in (True, False):
+        ops = build_transform(kind, 224, train, normalize=d.normalize).transforms
+        assert not any(isinstance(op, T.Normalize | T.ColorJitter) for op in ops)
+    test = build_transform(kind, 224, False).transforms
     assert isinstance(test[0], T.Resize) and test[0].size == 256 and test[0].interpolation.value == "bicubic"
     assert isinstance(test[1], T.CenterCrop) and test[1].size == (224, 224)
-    train = build_transform("cifar100", 224, True, recipe="pilot").transforms
+    train = build_transform(kind, 224, True).transforms
     assert isinstance(train[0], T.RandomResizedCrop) and train[0].scale == (0.05, 1.0)
     # the paper's recipe is unchanged: CIFAR keeps its normalisation unless normalize=none drops it
     assert isinstance(build_transform("cifar100", 224, False).transforms[-1], T.Normalize)

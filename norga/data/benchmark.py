@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,9 +12,10 @@ from torch.utils.data import Dataset
 from norga.errors import NorgaError
 
 from .errors import DatasetFileError, DatasetNotFoundError
-from .protocol import class_order, order_label, split_name, task_sizes
+from .protocol import class_order as make_class_order
+from .protocol import order_label, split_name, task_sizes
 from .source import ImageSource, SourcePair
-from .transforms import build_transform
+from .transforms import TRANSFORM_KINDS, build_transform
 
 
 class SourceDataset(Dataset):
@@ -71,29 +72,29 @@ class SourceDataset(Dataset):
 class Benchmark:
     """Class-incremental split of one dataset into tasks.
 
-    Class order (:mod:`norga.data.protocol`): ``range(C)``, shuffled when ``shuffle`` by ``order`` (default
-    ``random.Random(seed).shuffle``, as HiDe's reference does; ``numpy_permutation``: PILOT's) with
-    ``order_seed`` (default the run seed). Task t gets the t-th consecutive group of classes: ``num_tasks``
-    equal groups, or PILOT's ``B{init}Inc{inc}`` sizes when ``increment`` is given. Labels are the dataset's
-    own class ids, not remapped (one head covers all C classes).
-    ``mean``/``std`` reach only the transform kinds that take them (see ``build_transform``); ``recipe`` and
-    ``normalize`` choose the transform family's variant.
+    Class order (:mod:`norga.data.protocol`): ``range(C)``, shuffled when ``shuffle`` with
+    ``random.Random(seed).shuffle`` (``class_order="seeded"``, as the prompt methods' reference does) or permuted
+    by ``numpy.random.RandomState(1993)`` whatever the seed (``"numpy_1993"``, the PILOT family's). Task t gets
+    the t-th consecutive group of classes: ``num_tasks`` equal groups, or PILOT's ``B{init}Inc{inc}`` sizes when
+    ``increment`` is given. Labels are the dataset's own class ids, not remapped (one head covers all C classes).
+    ``mean``/``std`` reach only the transform kinds that take them (see ``build_transform``);
+    ``transform_as`` maps a transform kind to the kind used in its place (``{"cifar100": "default"}``);
+    ``normalize`` (``recipe``, ``none``, ``backbone``) chooses each family's normalisation.
     """
 
     def __init__(
         self,
         pair: SourcePair,
-        num_tasks: int,
+        num_tasks: int | None,
         seed: int,
         shuffle: bool = True,
         input_size: int = 224,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        order: str = "python_seed",
-        order_seed: int | None = None,
+        class_order: str = "seeded",
+        transform_as: Mapping[str, str] | None = None,
         init_classes: int | None = None,
         increment: int | None = None,
-        recipe: str = "paper",
         normalize: str = "recipe",
     ):
         self.train_source, self.test_source = pair.train, pair.test
@@ -105,11 +106,11 @@ class Benchmark:
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.input_size = int(input_size)
         self.mean, self.std = mean, std
-        self.recipe, self.normalize = recipe, normalize
-        self.order_kind = order
-        self.order_seed = self.seed if order_seed is None else int(order_seed)
-        self.class_order = class_order(self.num_classes, order, self.order_seed, self.shuffle)
-        self.order_label = order_label(order, self.order_seed, self.shuffle)
+        self.normalize = normalize
+
+        self.transform_as = _check_transform_as(transform_as or {})
+        self.class_order = make_class_order(self.num_classes, class_order, self.seed, self.shuffle)
+        self.order_label = order_label(class_order, self.seed, self.shuffle)
         # equal tasks: the class count of each; B{init}Inc{inc}: of the tasks after the first
         self.classes_per_task = self.task_sizes[-1] if len(set(self.task_sizes)) == 1 else self.task_sizes[0]
         starts = np.cumsum([0, *self.task_sizes])
@@ -154,13 +155,13 @@ class Benchmark:
         key = (kind, bool(train))
         if key not in self._transforms:
             self._transforms[key] = build_transform(kind, self.input_size, train, self.mean, self.std,
-                                                    recipe=self.recipe, normalize=self.normalize)
+                                                    normalize=self.normalize)
         return self._transforms[key]
 
     def _subset(self, source: ImageSource, classes: Iterable[int], train: bool) -> SourceDataset:
         classes = np.asarray(list(classes), dtype=np.int64)
         indices = np.flatnonzero(np.isin(source.labels, classes))
-        transforms = {kind: self.transform(kind, train) for kind in source.transform_kinds}
+        transforms = {kind: self.transform(self.transform_as.get(kind, kind), train) for kind in source.transform_kinds}
         return SourceDataset(source, indices, transforms)
 
     def _task(self, task: int) -> int:
@@ -173,6 +174,14 @@ class Benchmark:
             f"Benchmark(classes={self.num_classes}, tasks={self.num_tasks} ({self.split_name}), "
             f"order={self.order_label}, train={len(self.train_source)}, test={len(self.test_source)})"
         )
+
+
+def _check_transform_as(mapping: Mapping[str, str]) -> dict[str, str]:
+    unknown = sorted(({str(k) for k in mapping} | {str(v) for v in mapping.values()}) - set(TRANSFORM_KINDS))
+    if unknown:
+        raise ValueError(f"dataset.transform_as names unknown transform kinds {unknown}; known kinds: "
+                         f"{', '.join(TRANSFORM_KINDS)}")
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 def build_benchmark(
@@ -207,11 +216,10 @@ def build_benchmark(
         input_size=input_size,
         mean=mean,
         std=std,
-        order=get("class_order", "python_seed"),
-        order_seed=get("order_seed"),
+        class_order=get("class_order", "seeded"),
+        transform_as=get("transform_as"),
         init_classes=get("init_classes"),
         increment=get("increment"),
-        recipe=get("transforms", "paper"),
         normalize=get("normalize", "recipe"),
     )
     benchmark.data_split = getattr(pair, "split", "")

@@ -1,8 +1,8 @@
 """The two class-incremental protocols' choices that shape a benchmark: class order and task sizes.
 
-* ``python_seed`` (HiDe-Prompt / NoRGa): ``random.Random(seed).shuffle(list(range(C)))`` with the run seed.
-* ``numpy_permutation`` (LAMDA-PILOT, RCIL, EASE, MOS, RanPAC): ``numpy.random.RandomState(seed).permutation(C)``,
-  seed 1993 under ``protocol=pilot``. NumPy's legacy MT19937: ``default_rng`` gives another order.
+* ``seeded`` (HiDe-Prompt / NoRGa): ``random.Random(seed).shuffle(list(range(C)))`` with the run seed.
+* ``numpy_1993`` (LAMDA-PILOT, RCIL, EASE, MOS, RanPAC): ``numpy.random.RandomState(1993).permutation(C)`` whatever
+  the run seed. NumPy's legacy MT19937: ``default_rng`` gives another order.
 
 Either applies only when the dataset is shuffled (``dataset.shuffle``); otherwise the order is ``range(C)``
 (VTAB, 5-Datasets: a task is one source dataset).
@@ -17,28 +17,30 @@ import random
 
 import numpy as np
 
-CLASS_ORDERS = ("python_seed", "numpy_permutation")
+CLASS_ORDERS = ("seeded", "numpy_1993")
+PILOT_SEED = 1993
 
 
 def class_order(num_classes: int, kind: str, seed: int, shuffle: bool = True) -> list[int]:
-    """The original class ids in task order."""
+    """The original class ids in task order (``seed``: the run seed, used by ``seeded``)."""
+    if kind not in CLASS_ORDERS:
+        raise ValueError(f"dataset.class_order must be seeded or numpy_1993, got {kind!r}")
     order = list(range(int(num_classes)))
     if not shuffle:
         return order
-    if kind == "python_seed":
+    if kind == "seeded":
         # HiDe's reference seeds Python's random with the run seed and shuffles before any other draw
         random.Random(int(seed)).shuffle(order)
         return order
-    if kind == "numpy_permutation":
-        return [int(c) for c in np.random.RandomState(int(seed)).permutation(int(num_classes))]
-    raise ValueError(f"dataset.class_order={kind!r} is not an option; choose one of {', '.join(CLASS_ORDERS)}")
+    # PILOT's data manager: np.random.seed(1993); np.random.permutation(C)
+    return [int(c) for c in np.random.RandomState(PILOT_SEED).permutation(int(num_classes))]
 
 
 def order_label(kind: str, seed: int, shuffle: bool = True) -> str:
     """The order as a result label says it: ``identity``, ``py-seed-42`` or ``np-seed-1993``."""
     if not shuffle:
         return "identity"
-    return f"{'np' if kind == 'numpy_permutation' else 'py'}-seed-{int(seed)}"
+    return f"np-seed-{PILOT_SEED}" if kind == "numpy_1993" else f"py-seed-{int(seed)}"
 
 
 def task_sizes(num_classes: int, num_tasks: int | None, init_classes: int | None = None,

@@ -63,7 +63,6 @@ _KINDS: dict[str, Callable[[int, bool, Sequence[float] | None, Sequence[float] |
 TRANSFORM_KINDS = tuple(_KINDS)
 
 
-RECIPES = ("paper", "pilot")
 NORMALIZE = ("recipe", "none", "backbone")
 
 
@@ -73,7 +72,6 @@ def build_transform(
     train: bool,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    recipe: str = "paper",
     normalize: str = "recipe",
 ) -> T.Compose:
     """PIL image -> float tensor (3, input_size, input_size) for one transform family.
@@ -83,17 +81,12 @@ def build_transform(
     ``digits``: for the embedded 8x8 digits; normalised with ``mean``/``std`` (the backbone's) when given.
     ``mean``/``std`` are ignored by the two paper families, whose normalisation is part of the recipe.
 
-    ``recipe="pilot"`` (LAMDA-PILOT's ``build_transform``): CIFAR images get the ``default`` family too (no
-    colour jitter, no CIFAR normalisation). ``normalize``: ``recipe`` keeps each family's own,
+    ``normalize``: ``recipe`` keeps each family's own,
     ``none`` drops every ``Normalize`` (inputs in [0, 1]), ``backbone`` normalises every family with
     ``mean``/``std``.
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"dataset.transforms={recipe!r} is not an option; choose one of {', '.join(RECIPES)}")
     if normalize not in NORMALIZE:
         raise ValueError(f"dataset.normalize={normalize!r} is not an option; choose one of {', '.join(NORMALIZE)}")
-    if recipe == "pilot" and kind == "cifar100":
-        kind = "default"
     try:
         make = _KINDS[kind]
     except KeyError:

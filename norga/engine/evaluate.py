@@ -51,9 +51,10 @@ class EvalResult:
         return [s.tii_acc for s in self.tasks]
 
 
-def majority_selection(selection: torch.Tensor) -> torch.Tensor:
-    """The ``k`` ids chosen most often among the rows of ``selection`` ``(n, k)``, as one sorted row ``(k,)``;
-    ties go to the smaller id (what the reference's counts + top-k give on CUDA)."""
+def majority_selection(selection: torch.Tensor, ordered: bool = False) -> torch.Tensor:
+    """The ``k`` ids chosen most often among the rows of ``selection`` ``(n, k)``, as one sorted row ``(k,)``, or
+    with ``ordered`` most frequent first (the reference's order); ties go to the smaller id (what the reference's
+    counts + top-k give on CUDA)."""
     k = selection.shape[1]
     counts = torch.bincount(selection.flatten())
     if k == 1:
@@ -61,14 +62,14 @@ def majority_selection(selection: torch.Tensor) -> torch.Tensor:
     ids = torch.nonzero(counts).flatten()
     # stable sort by count, descending: among equal counts the smaller id stays first
     order = torch.sort(counts[ids], descending=True, stable=True).indices
-    return ids[order[:k]].sort().values
+    return ids[order[:k]] if ordered else ids[order[:k]].sort().values
 
 
-def batchwise_majority(selection: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batchwise_majority(selection: torch.Tensor, batch_size: int, ordered: bool = False) -> torch.Tensor:
     """Each consecutive batch of ``batch_size`` rows takes its :func:`majority_selection`."""
     out = selection.clone()
     for start in range(0, len(selection), batch_size):
-        out[start:start + batch_size] = majority_selection(selection[start:start + batch_size])
+        out[start:start + batch_size] = majority_selection(selection[start:start + batch_size], ordered)
     return out
 
 
@@ -152,7 +153,7 @@ class Evaluator:
     def _choose(self, learner, selection: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
         if selection is None or not learner.batchwise_prompt:
             return selection
-        return batchwise_majority(selection, batch_size)
+        return batchwise_majority(selection, batch_size, learner.ordered_selection)
 
     # ---- cached: queries once per test set, features once per (sample, selection) ---------------------------
     def _score_cached(self, learner, task: int, upto_task: int) -> TaskScore:

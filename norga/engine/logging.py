@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ def to_run_log(message: str, level: int = logging.ERROR, exc: BaseException | No
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
             handler.handle(record)
+
+
+def progress_bars(setting: bool | str) -> bool:
+    """Whether to draw progress bars (``progress``): ``true``/``false``, or ``auto``, on a terminal only (stderr
+    a tty). Without bars the epoch loop writes one log line per epoch instead, and nothing writes a carriage
+    return, so a log redirected to a file stays readable."""
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
 
 
 class NullLogger:

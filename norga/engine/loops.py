@@ -1,11 +1,14 @@
-"""The inner loops every learner uses: one training epoch with clipping and crash points, feature
-extraction, masked logits, bf16 autocast."""
+"""The loops every learner uses: the epoch loop of every training stage (:func:`run_epochs`) and its step loop
+(:func:`train_epoch`), feature extraction, masked logits, bf16 autocast."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,18 @@ from tqdm.auto import tqdm
 
 from norga.engine.distributed import global_count, local_loss_weight
 from norga.engine.faults import maybe_crash
+from norga.engine.optim import LrScaling, param_groups, set_epoch_lr
+from norga.engine.stages import StageContext
 from norga.errors import NorgaError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: an epoch's batches ``(x, y)``, given the generator its epoch was seeded with (``StageContext.seed_epoch``)
+Batches = Callable[[torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+#: a per-epoch schedule (``{"name": ..., ...}``, :func:`norga.engine.optim.lr_factor`), or a factory of a torch
+#: lr scheduler ``(optimizer, epochs) -> scheduler`` stepped after every epoch (its state is checkpointed)
+Schedule = Mapping | Callable[[torch.optim.Optimizer, int], Any] | None
 
 
 class NonFiniteLossError(FloatingPointError, NorgaError):
@@ -58,6 +72,64 @@ def shard_mean(values: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return values.sum() * 0.0
     return weight * values.mean()
+
+
+def run_epochs(
+    ctx: StageContext,
+    step: LossFn,
+    batches: Batches,
+    groups: Sequence[tuple[Sequence[nn.Parameter], float]],
+    *,
+    epochs: int,
+    lr: float,
+    lr_scaling: LrScaling,
+    global_batch_size: int,
+    optimizer: Callable[[list[dict]], torch.optim.Optimizer],
+    schedule: Schedule,
+    clip_grad: float | None,
+    device: torch.device,
+    desc: str,
+    limit_batches: bool = True,
+    before_last_checkpoint: Callable[[], None] | None = None,
+) -> int:
+    """The epoch loop of a training stage; returns its epoch count (``epochs`` capped by ``train.max_epochs``).
+
+    The stage supplies its loss (``step``, ``(x, y) -> loss``), its batches, its parameters as ``(params,
+    factor)`` groups, its configured ``lr`` with the learner's :class:`~norga.engine.optim.LrScaling` (applied
+    here, once), an optimiser factory (``param groups -> optimizer``) and its ``schedule``. The loop owns the
+    rest: the optimiser (lr and ``base_lr`` of every group) and scheduler, registered with ``ctx.attach`` (which
+    restores them on resume); from ``ctx.start_epoch`` to the capped count, each epoch seeded by
+    ``ctx.seed_epoch``, its lr set by the schedule, crash points ``<stage>/epoch<e>`` and
+    ``<stage>/epoch<e>/step<s>``, ``train.max_batches`` (unless ``limit_batches`` is False), non-finite loss
+    checks, gradient clipping at ``clip_grad``, a progress bar or one log line, and ``ctx.epoch_end`` (which
+    logs and checkpoints). ``before_last_checkpoint`` runs just before the last epoch's checkpoint.
+    """
+    epochs = ctx.epochs(epochs)
+    built = optimizer(param_groups(groups, lr_scaling.apply(lr, global_batch_size)))
+    per_epoch = schedule if schedule is None or isinstance(schedule, Mapping) else None
+    scheduler = None if per_epoch is not None or schedule is None else schedule(built, epochs)
+    ctx.attach(built, scheduler)
+    params = [p for group in built.param_groups for p in group["params"]]
+    for epoch in range(ctx.start_epoch, epochs):
+        maybe_crash(f"{ctx.point}/epoch{epoch}")
+        started = time.perf_counter()
+        generator = ctx.seed_epoch(epoch)
+        if per_epoch is not None:
+            lr_now = set_epoch_lr(built, per_epoch, epoch, epochs)
+        else:
+            lr_now = built.param_groups[0]["lr"]
+        where = f"task {ctx.task} {desc} epoch {epoch + 1}/{epochs}"
+        loss = train_epoch(step, batches(generator), built, params, device, clip_grad, where,
+                           ctx.max_batches if limit_batches else None, ctx.progress,
+                           point=f"{ctx.point}/epoch{epoch}")
+        if scheduler is not None:
+            scheduler.step()
+        if not ctx.progress:
+            log.info("%s: loss %.4f | lr %.3g | %.1fs", where, loss, lr_now, time.perf_counter() - started)
+        if epoch == epochs - 1 and before_last_checkpoint is not None:
+            before_last_checkpoint()
+        ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+    return epochs
 
 
 def train_epoch(

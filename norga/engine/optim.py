@@ -1,16 +1,18 @@
-"""Optimisers and per-epoch learning-rate schedules.
+"""Optimisers, learning-rate scaling rules and per-epoch learning-rate schedules.
 
-Learning rates are scaled by the GLOBAL batch size / 256 (the reference scales by the per-GPU batch, so the
-GPU count changed the optimisation; docs/algorithm.md#d4-learning-rate-and-gpu-count).
+A learner declares how each training stage's configured lr follows the batch size (:class:`LrScaling`,
+``Learner.lr_scaling``); the epoch loop (:func:`norga.engine.loops.run_epochs`) applies it, once, when it
+builds the stage's optimiser. Where an lr scales, it scales with the GLOBAL batch size (the reference scales
+by the per-GPU batch, so the GPU count changed the optimisation; docs/algorithm.md#d4-learning-rate-and-gpu-count).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 SCHEDULES = ("constant", "step", "cosine", "coda_cosine")
@@ -18,6 +20,33 @@ SCHEDULES = ("constant", "step", "cosine", "coda_cosine")
 
 def scaled_lr(lr: float, global_batch_size: int) -> float:
     return lr * global_batch_size / 256.0
+
+
+@dataclass(frozen=True)
+class LrScaling:
+    """How a stage's configured learning rate follows the global batch size: ``lr * batch / per_batch``, or
+    the configured lr unchanged (``per_batch`` None)."""
+
+    per_batch: int | None
+
+    def apply(self, lr: float, global_batch_size: int) -> float:
+        return float(lr) if self.per_batch is None else lr * global_batch_size / float(self.per_batch)
+
+    def __str__(self) -> str:
+        return "as configured" if self.per_batch is None else f"x global batch / {self.per_batch}"
+
+
+#: lr x global batch / 256 (HiDe-Prompt, NoRGa, L2P, DualPrompt, S-Prompt++, CODA-Prompt as the papers run them)
+BY_GLOBAL_BATCH = LrScaling(256)
+#: the configured lr, whatever the batch (HiDe-Prompt's WTP TAP, RanPAC's adaptation)
+UNSCALED = LrScaling(None)
+
+
+def param_groups(groups: Sequence[tuple[Sequence[torch.nn.Parameter], float]], lr: float) -> list[dict]:
+    """Optimiser parameter groups from ``(params, factor)`` pairs: lr ``lr * factor`` (``lr`` itself for
+    factor 1.0), recorded as ``base_lr`` too (the schedule's reference); empty groups are left out."""
+    return [{"params": list(params), "lr": lr * factor, "base_lr": lr * factor} for params, factor in groups
+            if len(params)]
 
 
 def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
@@ -42,16 +71,11 @@ def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
 def set_epoch_lr(optimizer: torch.optim.Optimizer, schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
     """Set every param group's lr for ``epoch`` from its ``base_lr``; returns the first group's lr."""
     factor = lr_factor(schedule, epoch, epochs)
+    missing = [i for i, group in enumerate(optimizer.param_groups) if "base_lr" not in group]
+    if missing:
+        raise ValueError(f"param groups {missing} have no base_lr, so the schedule has nothing to scale: build the "
+                         "optimiser with norga.engine.optim.param_groups (the epoch loop does)")
     min_lr = schedule.get("min_lr", 0.0) if schedule["name"] == "cosine" else 0.0
     for group in optimizer.param_groups:
         group["lr"] = min_lr + (group["base_lr"] - min_lr) * factor if min_lr else group["base_lr"] * factor
     return optimizer.param_groups[0]["lr"]
-
-
-def build_optimizer(
-    optimizer_cfg: DictConfig, groups: Iterable[tuple[list[torch.nn.Parameter], float]]
-) -> torch.optim.Optimizer:
-    """Instantiate the configured optimizer (a ``_partial_`` node) over ``(params, lr)`` groups."""
-    param_groups = [{"params": params, "lr": lr, "base_lr": lr} for params, lr in groups if params]
-    factory: Callable[..., torch.optim.Optimizer] = instantiate(optimizer_cfg.partial)
-    return factory(param_groups)

@@ -39,8 +39,8 @@ def protocol_record(cfg: Any, benchmark: Any, acc: list[list[float]], test_count
 
 
 # What a config recorded before protocols existed meant: HiDe's protocol, as every run did then.
-_DATASET_DEFAULTS = {"class_order": "python_seed", "order_seed": None, "init_classes": None, "increment": None,
-                     "transforms": "paper", "normalize": "recipe", "verify": False, "accept_license": False}
+_DATASET_DEFAULTS = {"class_order": "seeded", "transform_as": {}, "init_classes": None, "increment": None,
+                     "normalize": "recipe", "verify": False, "accept_license": False}
 _SOURCE_DEFAULTS = {"norga.data.cub.load_cub200": {"layout": "auto", "verify": False},
                     "norga.data.imagenet_r.load_imagenet_r": {"verify": False}}
 

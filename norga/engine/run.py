@@ -30,12 +30,14 @@ from norga.engine.checkpoint import load_checkpoint, save_atomic
 from norga.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
-from norga.engine.logging import NullLogger, to_run_log
+from norga.engine.logging import NullLogger, progress_bars, to_run_log
+from norga.engine.options import refuse_untaken_options
 from norga.engine.protocol_record import protocol_record, with_protocol_defaults
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
 from norga.engine.threads import set_threads
 from norga.errors import ConfigError, NorgaError, RunRefusedError
+from norga.fidelity import fidelity_of_config
 from norga.metrics import summarize
 from norga.models.checkpoint_formats import check_checkpoint_available
 from norga.models.vit import build_frozen_backbone
@@ -127,6 +129,8 @@ class ContinualRun:
 
     def _build(self, cfg: DictConfig) -> None:
         log.info("threads: %d (%s)", self.threads, self._threads_from)
+        learner_class = get_class(cfg.method._target_)
+        refuse_untaken_options(learner_class, cfg.method)
         # Fail on missing weights before any data is read.
         check_checkpoint_available(cfg.backbone)
         with config_errors():
@@ -139,13 +143,13 @@ class ContinualRun:
             backbone = build_frozen_backbone(cfg.backbone)
         seed_everything(cfg.seed)
         with config_errors():
-            self.learner = get_class(cfg.method._target_)(cfg, backbone, self.benchmark, self.device)
+            self.learner = learner_class(cfg, backbone, self.benchmark, self.device)
         if self.learner.batchwise_prompt:
             log.warning("method.batchwise_prompt=true: each test batch uses its most frequent selection, which "
                         "leaks the batch's composition (test batches hold one task); the per-sample result is "
                         "reported too (per_sample_prompt in metrics.json)")
         self.evaluator = Evaluator(self.benchmark, self.device, cfg.eval.batch_size, cfg.train.num_workers,
-                                   cache=cfg.eval.cache, progress=cfg.progress,
+                                   cache=cfg.eval.cache, progress=progress_bars(cfg.progress),
                                    max_samples=cfg.eval.max_samples_per_task)
         self.logger = instantiate(cfg.logger) if self.dist.is_main else NullLogger()
 
@@ -268,6 +272,7 @@ class ContinualRun:
             "method": self.cfg.method.name,
             "gate": self.cfg.method.get("gate"),
             "bound": self.cfg.get("bound"),
+            "fidelity": fidelity_of_config(self.cfg),
             "seed": self.cfg.seed,
             "num_tasks": self.benchmark.num_tasks,
             "tasks_done": len(self.acc),
@@ -364,7 +369,10 @@ class ContinualRun:
         self.extra.append(extra)
 
     def _run_stage(self, task: int, stage: Stage, epoch: int, in_stage: dict | None) -> None:
-        ctx = StageContext(task, stage.name, seed=self.cfg.seed, start_epoch=epoch, progress=self.cfg.progress,
+        train = self.cfg.train
+        ctx = StageContext(task, stage.name, seed=self.cfg.seed, start_epoch=epoch,
+                           progress=progress_bars(self.cfg.progress), max_epochs=train.get("max_epochs"),
+                           max_batches=train.get("max_batches"),
                            optimizer_state=(in_stage or {}).get("optimizer"),
                            scheduler_state=(in_stage or {}).get("scheduler"),
                            on_epoch_end=self._epoch_end, on_artifact=self._save_artifact)

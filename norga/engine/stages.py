@@ -56,6 +56,10 @@ class StageContext:
     optimizer_state: dict | None = None
     scheduler_state: dict | None = None
     progress: bool = True
+    #: ``train.max_epochs`` / ``train.max_batches``: the epoch loop (:func:`norga.engine.loops.run_epochs`)
+    #: caps every stage with them, so no learner can forget to
+    max_epochs: int | None = None
+    max_batches: int | None = None
     on_epoch_end: Callable[[StageContext, int, dict[str, Any]], None] | None = None
     on_artifact: Callable[[str, Any], None] | None = None
     # set by the stage so the engine can checkpoint them
@@ -66,6 +70,10 @@ class StageContext:
     def point(self) -> str:
         """This stage's name in crash drills and messages: ``task<t>/<stage>``."""
         return f"task{self.task}/{self.stage}"
+
+    def epochs(self, configured: int) -> int:
+        """A stage's epoch count, ``configured`` capped by ``train.max_epochs``."""
+        return int(configured) if self.max_epochs is None else min(int(configured), int(self.max_epochs))
 
     def seed_epoch(self, epoch: int = 0, stage: str | None = None) -> torch.Generator:
         """Seed every RNG for ``epoch`` of this stage (or of ``stage`` of the same task); returns a generator

@@ -6,9 +6,14 @@ A learner is one class (``conf/method/<name>.yaml`` names it in ``_target_``), b
 * **Stages.** :meth:`Learner.stages` lists the stages of task ``t`` (:class:`~norga.engine.stages.Stage`,
   names of the learner's choosing, ending with the engine's evaluation). The engine runs each learner stage
   through :meth:`Learner.run_stage` with a :class:`~norga.engine.stages.StageContext`, and checkpoints a
-  cursor (task, stage, epoch) after every epoch and every stage; a stage with epochs starts at
-  ``ctx.start_epoch``, restores its optimiser with ``ctx.attach``, seeds each epoch with ``ctx.seed_epoch`` and
-  reports it with ``ctx.epoch_end``. So every learner resumes exactly, mid-stage included.
+  cursor (task, stage, epoch) after every epoch and every stage. A stage that trains supplies its loss and
+  parameters to :meth:`Learner.train_epochs`, the engine's one epoch loop
+  (:func:`~norga.engine.loops.run_epochs`), which owns the rest: the ``train.max_epochs`` cap, the seed of
+  every epoch, resuming from ``ctx.start_epoch`` with the optimiser restored, crash points, the lr (scaled as
+  :attr:`Learner.lr_scaling` declares) and its schedule, clipping, non-finite checks, progress and
+  ``ctx.epoch_end``. So every learner resumes exactly, mid-stage included.
+* **Options.** ``method.gate`` and ``method.batchwise_prompt`` are in every method's schema; the engine refuses
+  them for a learner that does not declare :attr:`Learner.takes_gate` / :attr:`Learner.takes_batchwise_prompt`.
 * **State.** :meth:`Learner.modules` are the learned modules, saved in every checkpoint (with the stage's
   optimiser and scheduler). Large state that never changes once computed (class statistics) is written once
   with ``ctx.save_artifact`` and handed back on resume through :meth:`Learner.load_artifact`.
@@ -33,10 +38,11 @@ live here too; the engine's loops and data-parallel utilities are in :mod:`norga
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -44,8 +50,9 @@ from torch.utils.data import Subset
 
 from norga.data import Benchmark
 from norga.engine.distributed import all_gather_cat, is_distributed, shard_loader
-from norga.engine.loops import autocast, extract_features, train_epoch
-from norga.engine.optim import set_epoch_lr
+from norga.engine.logging import progress_bars
+from norga.engine.loops import Batches, Schedule, autocast, extract_features, run_epochs
+from norga.engine.optim import BY_GLOBAL_BATCH, LrScaling
 from norga.engine.stages import Stage, StageContext
 from norga.models.vit import vit_features
 
@@ -67,10 +74,19 @@ class Learner:
     name: ClassVar[str] = ""
     #: the whole evaluation batch uses its most frequent selection (the reference's test-time voting)
     batchwise_prompt: bool = False
+    #: True when a selection's order matters (the reference prefix layout): top-k and majority keep it
+    ordered_selection: bool = False
     #: False when a sample's features depend on the rest of its batch: evaluation then runs batch by batch
     eval_cacheable: bool = True
     #: False when :meth:`features` needs only the query (no pass over the images)
     features_need_images: bool = True
+    #: how the configured lr of each training stage follows the global batch size: one rule for every stage,
+    #: or stage name -> rule; applied once, by the epoch loop (:meth:`train_epochs`)
+    lr_scaling: ClassVar[LrScaling | Mapping[str, LrScaling]] = BY_GLOBAL_BATCH
+    #: options of every method's schema that this learner takes; the engine refuses the others before building
+    #: it (:mod:`norga.engine.options`), with :meth:`instead` as the advice
+    takes_gate: ClassVar[bool] = False
+    takes_batchwise_prompt: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, backbone: VisionTransformer, benchmark: Benchmark,
                  device: torch.device) -> None:
@@ -81,9 +97,20 @@ class Learner:
         self.backbone = backbone.to(device)
         # plain values, read on every forward (OmegaConf access inside a compiled region breaks the graph)
         self.precision = str(cfg.train.precision)
-        self.progress = bool(cfg.progress)
+        self.progress = progress_bars(cfg.progress)
         self.batch_size = int(cfg.train.batch_size)
         self._vit = torch.compile(vit_features) if cfg.train.compile else vit_features
+
+    @classmethod
+    def instead(cls, option: str, value) -> str:
+        """What to do instead of setting ``method.<option>``, which this learner does not take."""
+        if option == "gate":
+            return (f"the NoRGa gate acts on prefix prompts and is a method of its own; use method=norga "
+                    f"gate={value}, or drop gate=")
+        if option == "batchwise_prompt":
+            return ("it selects no prompts, so there is no selection for a test batch to vote on; drop "
+                    "method.batchwise_prompt=true")
+        return f"drop method.{option}"
 
     # ---- the contract -----------------------------------------------------------------------------------
     def stages(self, task: int) -> list[Stage]:
@@ -130,7 +157,8 @@ class Learner:
         return "frozen"
 
     def select(self, query: torch.Tensor, upto_task: int) -> torch.Tensor | None:
-        """The prompt ids each sample uses, ``(n, k)`` (rows sorted), or None for learners without prompts.
+        """The prompt ids each sample uses, ``(n, k)`` (rows sorted; in similarity order with
+        :attr:`ordered_selection`), or None for learners without prompts.
         ``upto_task`` is the last task trained (never a test sample's task)."""
         return None
 
@@ -163,36 +191,44 @@ class Learner:
             return self._vit(self.backbone, x).float()
 
     # ---- training helpers --------------------------------------------------------------------------------
-    def refuse_gate(self, why: str = "the NoRGa gate is a method of its own") -> None:
-        """Stop with what to do instead when ``method.gate`` is set for a method without gated prompts."""
-        gate = self.method.gate
-        if gate is not None:
-            raise ValueError(f"method={self.method.name} takes no gate (got method.gate={gate}): {why}; use "
-                             f"method=norga gate={gate}, or drop gate=")
+    def lr_rule(self, stage: str) -> LrScaling:
+        """How stage ``stage``'s configured lr follows the global batch size (:attr:`lr_scaling`)."""
+        rule = self.lr_scaling
+        if isinstance(rule, LrScaling):
+            return rule
+        if stage not in rule:
+            raise ValueError(f"{type(self).__name__}.lr_scaling names the stages {sorted(rule)}, not {stage!r}, which "
+                             "trains: declare how its learning rate follows the batch size")
+        return rule[stage]
 
-    def train_epochs(self, ctx: StageContext, step, optimizer, params: list, schedule, desc: str,
-                     before_last_checkpoint: Callable[[], None] | None = None) -> int:
-        """The ``train.epochs`` epochs (capped by ``train.max_epochs``) of a stage that trains on the task's
-        images, from ``ctx.start_epoch``: each seeded by its epoch, its lr set by ``schedule``, gradients
-        clipped at ``train.clip_grad``, checkpointed by ``ctx.epoch_end``; ``before_last_checkpoint`` runs
-        just before the last epoch's checkpoint. Returns the epoch count."""
-        cfg, task = self.cfg, ctx.task
-        epochs = self.epochs(cfg.train.epochs)
-        for epoch in range(ctx.start_epoch, epochs):
-            gen = ctx.seed_epoch(epoch)
-            lr_now = set_epoch_lr(optimizer, schedule, epoch, epochs)
-            loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device,
-                               cfg.train.clip_grad, f"task {task} {desc} epoch {epoch + 1}/{epochs}",
-                               cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
-            if epoch == epochs - 1 and before_last_checkpoint is not None:
-                before_last_checkpoint()
-            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
-        return epochs
+    def train_epochs(self, ctx: StageContext, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     params: Sequence[nn.Parameter] | Sequence[tuple[Sequence[nn.Parameter], float]], *, desc: str,
+                     batches: Batches | None = None, epochs: int | None = None, lr: float | None = None,
+                     schedule: Schedule | str = "scheduler", optimizer=None, clip_grad: float | None | str = "train",
+                     limit_batches: bool = True, before_last_checkpoint: Callable[[], None] | None = None) -> int:
+        """Run a training stage through the engine's epoch loop (:func:`norga.engine.loops.run_epochs`, which
+        caps, seeds, resumes, schedules, clips and checkpoints it); returns its epoch count.
 
-    def epochs(self, configured: int) -> int:
-        """A stage's epoch count, capped by ``train.max_epochs`` (smoke tests and quick checks)."""
-        cap = self.cfg.train.get("max_epochs")
-        return int(configured) if cap is None else min(int(configured), int(cap))
+        ``step``: the loss of a batch; ``params``: the trained parameters, or ``(params, lr factor)`` groups.
+        Defaults, each overridable: the task's augmented training batches (:meth:`train_loader`),
+        ``train.epochs``, ``optimizer.lr`` (scaled as :attr:`lr_scaling` declares for ``ctx.stage``), the
+        ``optimizer`` node, ``scheduler`` and ``train.clip_grad``."""
+        cfg = self.cfg
+        groups = list(params)
+        if not groups or not isinstance(groups[0], tuple):
+            groups = [(groups, 1.0)]
+        if batches is None:
+            batches = lambda generator: self.train_loader(ctx.task, generator)  # noqa: E731
+        return run_epochs(
+            ctx, step, batches, groups,
+            epochs=cfg.train.epochs if epochs is None else epochs,
+            lr=cfg.optimizer.lr if lr is None else lr, lr_scaling=self.lr_rule(ctx.stage),
+            global_batch_size=self.batch_size,
+            optimizer=instantiate(cfg.optimizer.partial) if optimizer is None else optimizer,
+            schedule=cfg.scheduler if schedule == "scheduler" else schedule,
+            clip_grad=cfg.train.clip_grad if clip_grad == "train" else clip_grad,
+            device=self.device, desc=desc, limit_batches=limit_batches,
+            before_last_checkpoint=before_last_checkpoint)
 
     def train_loader(self, task: int, generator: torch.Generator, augment: bool = True):
         """Shuffled batches of task ``task``'s training set, of the global ``train.batch_size``; under

@@ -17,7 +17,7 @@ from torch import nn
 
 from norga.engine.distributed import data_parallel
 from norga.engine.loops import masked_logits, shard_cross_entropy
-from norga.engine.optim import build_optimizer, scaled_lr
+from norga.engine.optim import BY_GLOBAL_BATCH
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner
 from norga.models.attention import configure_prefix_attention
@@ -29,14 +29,11 @@ log = logging.getLogger(__name__)
 
 class CODAPrompt(Learner):
     name = "coda"
+    lr_scaling = BY_GLOBAL_BATCH
 
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        self.refuse_gate()
-        if m.batchwise_prompt:
-            raise ValueError("method=coda selects no prompts, so there is no selection for a test batch to vote "
-                             "on: drop method.batchwise_prompt=true")
         self.dim, self.heads, _ = head_geometry(backbone)
         layers = check_layers("method.prompt_layers", m.prompt_layers, backbone)
         num_tasks = benchmark.num_tasks
@@ -98,15 +95,13 @@ class CODAPrompt(Learner):
         return self.train_loss(task), [p for m in self.modules().values() for p in m.parameters()]
 
     def train(self, ctx: StageContext) -> None:
-        cfg, task = self.cfg, ctx.task
+        task = ctx.task
         if ctx.start_epoch == 0:
             # the task's slice is drawn here, from the run seed; resuming inside the stage finds it in the
             # checkpoint (the prompt module's state), so it is never drawn twice differently
             self.prompt.start_task(task, ctx.seed_epoch(0, stage="train/components"))
         params = [p for module in self.modules().values() for p in module.parameters()]
-        optimizer = build_optimizer(cfg.optimizer, [(params, scaled_lr(cfg.optimizer.lr, cfg.train.batch_size))])
-        ctx.attach(optimizer)
         for module in self.modules().values():
             module.train()
         step = data_parallel(self.modules(), self.train_loss(task))
-        self.train_epochs(ctx, step, optimizer, params, cfg.scheduler, "coda")
+        self.train_epochs(ctx, step, params, desc="coda")

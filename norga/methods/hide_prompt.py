@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from norga.engine.distributed import all_gather_with_grad, data_parallel, shard_loader
-from norga.engine.loops import masked_logits, shard_cross_entropy, train_epoch
-from norga.engine.optim import build_optimizer, scaled_lr, set_epoch_lr
+from norga.engine.loops import masked_logits, shard_cross_entropy
+from norga.engine.optim import BY_GLOBAL_BATCH, UNSCALED
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner, tensor_digest
 from norga.methods.statistics import ClassStatistics
@@ -42,6 +42,10 @@ class HiDePrompt(Learner):
     """The three-part learner of HiDe-Prompt; ``gate`` is None here and set by NoRGa."""
 
     name = "hide"
+    takes_batchwise_prompt = True
+    # the reference: TII, its TAP and the prompts scale with the batch (batch / 256), the WTP TAP does not
+    lr_scaling = {"tii_train": BY_GLOBAL_BATCH, "tii_tap": BY_GLOBAL_BATCH, "wtp_train": BY_GLOBAL_BATCH,
+                  "wtp_tap": UNSCALED}
 
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
@@ -62,10 +66,14 @@ class HiDePrompt(Learner):
         attention = configure_prefix_attention(self.backbone, cfg.train.attention, device)
         log.info("prefix attention: %s", describe_prefix_impl(attention, device))
 
+    @classmethod
+    def instead(cls, option: str, value) -> str:
+        if option == "gate":
+            return f"HiDe-Prompt is plain prefix tuning; use method=norga gate={value}"
+        return super().instead(option, value)
+
     def gate_name(self) -> str | None:
-        if self.method.gate is not None:
-            raise ValueError(f"method=hide is plain prefix tuning and takes no gate (got method.gate="
-                             f"{self.method.gate}); use method=norga gate={self.method.gate}")
+        """The gate on the prefix logits: none (the engine refuses ``method.gate`` for HiDe-Prompt)."""
         return None
 
     # ---- the contract ------------------------------------------------------------------------------------
@@ -126,35 +134,24 @@ class HiDePrompt(Learner):
     # ---- stages ------------------------------------------------------------------------------------------
     def tii_train(self, ctx: StageContext) -> None:
         cfg, tii, task = self.cfg, self.method.tii, ctx.task
-        lr = scaled_lr(tii.lr, cfg.train.batch_size)
-        optimizer = build_optimizer(cfg.optimizer, [(list(self.tii.parameters()), lr)])
-        ctx.attach(optimizer)
         allowed = self.benchmark.class_mask(task)
         self.tii.train()
+        batches = None  # the task's augmented images
         if tii.feature_cache:
             # one backbone pass without augmentation, then MLP epochs on the cached features
             features, labels = self._backbone_train_features(ctx)
             cached = TensorDataset(features, labels)
+            batches = lambda generator: shard_loader(cached, cfg.train.batch_size, torch.device("cpu"),  # noqa: E731
+                                                     shuffle=True, generator=generator)
 
         def loss_fn(x, y):
             feats = x if tii.feature_cache else self.backbone_features(x)
             return shard_cross_entropy(masked_logits(self.tii(feats), allowed), y)
 
         step = data_parallel({"tii": self.tii}, loss_fn)
-        epochs = self.epochs(tii.epochs)
-        for epoch in range(ctx.start_epoch, epochs):
-            gen = ctx.seed_epoch(epoch)
-            lr_now = set_epoch_lr(optimizer, tii.scheduler, epoch, epochs)
-            if tii.feature_cache:
-                loader = shard_loader(cached, cfg.train.batch_size, torch.device("cpu"), shuffle=True,
-                                      generator=gen)
-            else:
-                loader = self.train_loader(task, gen)
-            # the reference clips the TII gradients at 1.0 on every dataset (tii.clip_grad)
-            loss = train_epoch(step, loader, optimizer, list(self.tii.parameters()), self.device,
-                               tii.clip_grad, f"task {task} TII epoch {epoch + 1}/{epochs}",
-                               cfg.train.max_batches, self.progress, point=f"{ctx.point}/epoch{epoch}")
-            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        # the reference clips the TII gradients at 1.0 on every dataset (tii.clip_grad)
+        self.train_epochs(ctx, step, list(self.tii.parameters()), desc="TII", batches=batches, epochs=tii.epochs,
+                          lr=tii.lr, schedule=tii.scheduler, clip_grad=tii.clip_grad)
 
     @torch.no_grad()
     def _backbone_train_features(self, ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,29 +181,23 @@ class HiDePrompt(Learner):
         if task == 0:
             return
         train_on_statistics(
-            self.tii, self.tii_statistics, self.seen_classes(task), self.earlier_classes(task),
-            n_per_class=self.batch_size, epochs=self.epochs(tap.epochs),
-            lr=scaled_lr(tap.lr, self.batch_size), allowed=self.benchmark.seen_mask(task),
-            device=self.device, ctx=ctx, momentum=tap.momentum, weight_decay=tap.weight_decay,
-            progress=self.progress)
+            self, ctx, self.tii, self.tii_statistics, self.seen_classes(task), self.earlier_classes(task),
+            n_per_class=self.batch_size, epochs=tap.epochs, lr=tap.lr, allowed=self.benchmark.seen_mask(task),
+            momentum=tap.momentum, weight_decay=tap.weight_decay)
 
     def wtp_train(self, ctx: StageContext) -> None:
-        cfg, method, task = self.cfg, self.method, ctx.task
+        method, task = self.method, ctx.task
         if task > 0 and ctx.start_epoch == 0:
             self.prompts.copy_prompt(task - 1, task)
         if self.prompts.gate_params is not None:
             # alpha and tau are shared by all tasks and learned during the first task only (faithful).
             self.prompts.gate_params.requires_grad_(task == 0)
-        lr = scaled_lr(cfg.optimizer.lr, cfg.train.batch_size)
         prompt_params = [p for p in self.prompts.parameters() if p.requires_grad]
         head_params = list(self.head.parameters())
-        if cfg.optimizer.larger_prompt_lr:
-            groups = [(prompt_params, lr), (head_params, lr * 0.1)]
+        if self.cfg.optimizer.larger_prompt_lr:
+            groups = [(prompt_params, 1.0), (head_params, 0.1)]  # the head learns at a tenth of the prompts' lr
         else:
-            groups = [(prompt_params + head_params, lr)]
-        optimizer = build_optimizer(cfg.optimizer, groups)
-        ctx.attach(optimizer)
-        params = prompt_params + head_params
+            groups = [(prompt_params + head_params, 1.0)]
         momentum = method.prompt_momentum if task > 0 else 0.0
         self.prompts.train()
         self.head.train()
@@ -215,7 +206,7 @@ class HiDePrompt(Learner):
 
         # the momentum mix is folded into the stored prompt before the last checkpoint of the stage
         commit = lambda: self.prompts.commit_momentum(task, momentum)  # noqa: E731
-        epochs = self.train_epochs(ctx, step, optimizer, params, cfg.scheduler, "WTP", before_last_checkpoint=commit)
+        epochs = self.train_epochs(ctx, step, groups, desc="WTP", before_last_checkpoint=commit)
         if epochs == 0:
             self.prompts.commit_momentum(task, momentum)
 
@@ -264,7 +255,6 @@ class HiDePrompt(Learner):
         if task == 0:
             return
         train_on_statistics(
-            self.head, self.wtp_statistics, self.seen_classes(task), self.earlier_classes(task),
-            n_per_class=tap.samples_per_class_factor * self.batch_size, epochs=self.epochs(tap.epochs),
-            lr=tap.lr, allowed=self.benchmark.seen_mask(task), device=self.device, ctx=ctx,
-            momentum=tap.momentum, weight_decay=tap.weight_decay, progress=self.progress)
+            self, ctx, self.head, self.wtp_statistics, self.seen_classes(task), self.earlier_classes(task),
+            n_per_class=tap.samples_per_class_factor * self.batch_size, epochs=tap.epochs, lr=tap.lr,
+            allowed=self.benchmark.seen_mask(task), momentum=tap.momentum, weight_decay=tap.weight_decay)

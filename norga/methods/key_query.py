@@ -19,7 +19,7 @@ from torch import nn
 from norga.engine.distributed import all_gather_cat, data_parallel
 from norga.engine.evaluate import majority_selection
 from norga.engine.loops import masked_logits, shard_cross_entropy, shard_mean
-from norga.engine.optim import build_optimizer, scaled_lr
+from norga.engine.optim import BY_GLOBAL_BATCH
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import Learner, tensor_digest
 from norga.models.keys import PromptKeys
@@ -30,10 +30,12 @@ class KeyQueryLearner(Learner):
     """Subclasses build ``self.prompts`` in :meth:`build_prompts` and define :meth:`prompted_features` and
     :meth:`prompt_tensors`."""
 
+    takes_batchwise_prompt = True
+    lr_scaling = BY_GLOBAL_BATCH
+
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        self.refuse_gate()
         self.dim, self.heads, self.head_dim = head_geometry(backbone)
         self.top_k = int(m.top_k)
         self.pool_size = int(m.pool_size or benchmark.num_tasks)
@@ -49,6 +51,8 @@ class KeyQueryLearner(Learner):
         self.head = build_head(self.dim, benchmark.num_classes,
                                cfg.backbone.get("reference_fc_norm", False)).to(device)
         self.batchwise_prompt = bool(m.batchwise_prompt)
+        # the reference prefix layout mixes prompts by position: keep the reference's top-k order there
+        self.ordered_selection = m.get("prefix_layout") == "reference"
 
     def build_prompts(self) -> None:
         raise NotImplementedError
@@ -74,7 +78,7 @@ class KeyQueryLearner(Learner):
 
     def select(self, query: torch.Tensor, upto_task: int) -> torch.Tensor:
         allowed = (upto_task + 1) * self.top_k if self.method.match_seen_keys else None
-        return self.keys.match(query, self.top_k, allowed)
+        return self.keys.match(query, self.top_k, allowed, self.ordered_selection)
 
     def selected_task(self, selection: torch.Tensor | None) -> torch.Tensor | None:
         # with the prompt mask, slots t*k..(t+1)*k-1 are task t's: the selection names a task
@@ -104,10 +108,10 @@ class KeyQueryLearner(Learner):
         if self.method.prompt_mask:
             slots = torch.arange(self.task_slots(task).start, self.task_slots(task).stop, device=query.device)
             return slots.expand(b, -1)
-        ids = self.keys.match(query, self.top_k)
+        ids = self.keys.match(query, self.top_k, ordered=self.ordered_selection)
         if self.method.train_batchwise:
             # the majority of the global batch (every rank gathers every rank's matches)
-            ids = majority_selection(all_gather_cat(ids)).to(query.device).expand(b, -1)
+            ids = majority_selection(all_gather_cat(ids), self.ordered_selection).to(query.device).expand(b, -1)
         return ids
 
     def train_loss(self, task: int):
@@ -143,14 +147,12 @@ class KeyQueryLearner(Learner):
         return scheduler
 
     def train(self, ctx: StageContext) -> None:
-        cfg, m, task = self.cfg, self.method, ctx.task
+        m, task = self.method, ctx.task
         if task > 0 and ctx.start_epoch == 0 and m.shared_prompt_pool:
             self.copy_prompts(self.task_slots(task - 1), self.task_slots(task))
         trained = self.trained_modules()
         params = [p for module in trained.values() for p in module.parameters()]
-        optimizer = build_optimizer(cfg.optimizer, [(params, scaled_lr(cfg.optimizer.lr, cfg.train.batch_size))])
-        ctx.attach(optimizer)
         for module in self.modules().values():
             module.train()
         step = data_parallel(trained, self.train_loss(task))
-        self.train_epochs(ctx, step, optimizer, params, self.schedule(task), m.name)
+        self.train_epochs(ctx, step, params, desc=m.name, schedule=self.schedule(task))

@@ -10,6 +10,7 @@ class NoRGa(HiDePrompt):
     """Prefix logits ``s + alpha * gate(tau * s)``; alpha, tau learned in the first task, then frozen."""
 
     name = "norga"
+    takes_gate = True
 
     def gate_name(self) -> str:
         gate = self.cfg.method.gate

@@ -4,7 +4,7 @@ in closed form from statistics accumulated over all tasks (docs/algorithm.md#ran
     h = ReLU(f W),  W (d, M) ~ N(0, 1);   G += H^T H,  Q += H^T Y;   W_o = solve(G + lambda I, Q);   logits = h W_o^T
 
 A task is ``ridge -> evaluate``; with ``method.first_session_adaptation`` task 0 first runs ``adaptation``:
-AdaptFormer adapters (:mod:`norga.models.adapter`) trained with a cosine head on task 0, then frozen for good.
+AdaptFormer adapters (:mod:`norga.models.peft.adapter`) trained with a cosine head on task 0, then frozen for good.
 
 State. The head (W_o, ``(C, M)`` float32) and the chosen lambdas are in every checkpoint. G is ``M x M``
 float64 (800 MB at M = 10000): it is not checkpointed. Each task's query features ``(n_t, d)`` are written
@@ -18,19 +18,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Hashable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from norga.engine.distributed import data_parallel
-from norga.engine.loops import shard_cross_entropy, train_epoch
-from norga.engine.optim import set_epoch_lr
+from norga.engine.loops import shard_cross_entropy
+from norga.engine.optim import UNSCALED
 from norga.engine.seeding import stage_seed
 from norga.engine.stages import Stage, StageContext, evaluation
 from norga.methods.base import tensor_digest
 from norga.methods.simplecil import FrozenFeatureLearner
-from norga.models.adapter import ParallelAdapters
+from norga.models.peft import ParallelAdapters
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,8 @@ class RanPAC(FrozenFeatureLearner):
     """RanPAC (McDonnell et al.) with the authors' linear head; the adapter variant of its first session."""
 
     name = "ranpac"
+    # the authors' adaptation lr, at their batch of 48, whatever the batch (the ridge head is not trained)
+    lr_scaling = {"adaptation": UNSCALED}
 
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
@@ -234,22 +237,14 @@ class RanPAC(FrozenFeatureLearner):
         momentum, cosine annealing per epoch, no gradient clipping, lr not scaled by the batch: the authors')."""
         a, task = self.method.adaptation, ctx.task
         params = [*self.adapters.parameters(), *self.adaptation_head.parameters()]
-        lr = float(a.lr)
-        optimizer = torch.optim.SGD([{"params": params, "lr": lr, "base_lr": lr}], lr=lr,
-                                    momentum=float(a.momentum), weight_decay=float(a.weight_decay))
-        ctx.attach(optimizer)
         self.adapters.train()
         self.adaptation_head.train()
         step = data_parallel({"adapters": self.adapters, "head": self.adaptation_head}, self.adaptation_loss(task))
-        schedule = {"name": "cosine", "min_lr": float(a.min_lr)}
-        epochs = self.epochs(a.epochs)
-        for epoch in range(ctx.start_epoch, epochs):
-            gen = ctx.seed_epoch(epoch)
-            lr_now = set_epoch_lr(optimizer, schedule, epoch, epochs)
-            loss = train_epoch(step, self.train_loader(task, gen), optimizer, params, self.device, None,
-                               f"task {task} adaptation epoch {epoch + 1}/{epochs}", self.cfg.train.max_batches,
-                               self.progress, point=f"{ctx.point}/epoch{epoch}")
-            ctx.epoch_end(epoch, {"loss": loss, "lr": lr_now})
+        self.train_epochs(ctx, step, params, desc="adaptation", epochs=a.epochs, lr=a.lr,
+                          schedule={"name": "cosine", "min_lr": float(a.min_lr)},
+                          optimizer=partial(torch.optim.SGD, momentum=float(a.momentum),
+                                            weight_decay=float(a.weight_decay)),
+                          clip_grad=None)
         self.adapters.requires_grad_(False)
 
     def adaptation_loss(self, task: int):

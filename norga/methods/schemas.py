@@ -227,7 +227,7 @@ class CODAConfig(MethodConfig):
     prompt_length: int = positive(8)
     prompt_layers: list[int] = layers(0, 1, 2, 3, 4)
     # mu of the orthogonality penalty on components, keys and attention vectors (0: off, the authors' current
-    # scripts; 0.1: their first release on CIFAR-100)
+    # scripts; 1e-7: their first release on CIFAR-100, its 0.1 times the 1e-6 inside its penalty function)
     ortho_weight: float = at_least(0.0, 0.0)
 
 

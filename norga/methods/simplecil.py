@@ -3,8 +3,8 @@ images (evaluation transform), and a test image goes to the most cosine-similar 
 seen so far (docs/algorithm.md#simplecil). A task is ``prototypes -> evaluate``.
 
 :class:`FrozenFeatureLearner` holds what SimpleCIL and RanPAC share: a prediction computed from the query
-alone (no prompts, no second pass over the images), logits over the seen classes only, and the refusal of
-the prompt-only keys.
+alone (no prompts, no second pass over the images) and logits over the seen classes only. Neither takes
+``method.gate`` or ``method.batchwise_prompt`` (the engine refuses them: ``Learner.takes_*``).
 """
 
 from __future__ import annotations
@@ -22,14 +22,6 @@ class FrozenFeatureLearner(Learner):
     """A learner whose features are its query: :meth:`features` returns the query unchanged."""
 
     features_need_images = False
-
-    def __init__(self, cfg, backbone, benchmark, device) -> None:
-        super().__init__(cfg, backbone, benchmark, device)
-        m = self.method
-        self.refuse_gate(f"the NoRGa gate acts on prefix prompts, which {m.name} does not have")
-        if m.batchwise_prompt:
-            raise ValueError(f"method={m.name} selects no prompts, so method.batchwise_prompt=true has nothing to "
-                             "act on; drop it")
 
     def features(self, x, selection, query) -> torch.Tensor:
         return query

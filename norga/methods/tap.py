@@ -4,20 +4,24 @@ each other (docs/algorithm.md#task-adaptive-prediction-tap)."""
 
 from __future__ import annotations
 
-import math
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from norga.engine.faults import maybe_crash
-from norga.engine.loops import NonFiniteLossError, masked_logits
+from norga.engine.loops import masked_logits
 from norga.engine.stages import StageContext
 from norga.methods.statistics import ClassStatistics
 
+if TYPE_CHECKING:
+    from norga.methods.base import Learner
+
 
 def train_on_statistics(
+    learner: Learner,
+    ctx: StageContext,
     model: nn.Module,
     stats: ClassStatistics,
     classes: list[int],
@@ -26,44 +30,35 @@ def train_on_statistics(
     epochs: int,
     lr: float,
     allowed: torch.Tensor,
-    device: torch.device,
-    ctx: StageContext,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    progress: bool = True,
-) -> None:
-    """Task-adaptive prediction: train ``model`` on features sampled from the class Gaussians.
+) -> int:
+    """Task-adaptive prediction: train ``model`` on features sampled from the class Gaussians, through the
+    learner's epoch loop (so capped, seeded, resumable like every stage); returns the epoch count.
 
     Each epoch samples ``n_per_class`` features for every class in ``classes``, shuffles them, and takes
     ``steps`` SGD steps of ``n_per_class`` samples each (the reference: steps = number of classes of the
-    earlier tasks), logits restricted to ``allowed``; cosine annealing over the epochs.
+    earlier tasks; ``train.max_batches`` does not apply), logits restricted to ``allowed``; the lr (scaled as
+    the learner declares for the stage) follows torch's cosine annealing over the epochs, no clipping.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    ctx.attach(optimizer, schedule)
     model.train()
-    where = f"task {ctx.task} {ctx.stage}"
-    for epoch in tqdm(range(ctx.start_epoch, epochs), desc=where, leave=False, disable=not progress):
-        maybe_crash(f"{ctx.point}/epoch{epoch}")
-        ctx.seed_epoch(epoch)
+    device = learner.device
+
+    def batches(generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # drawn from the RNGs the epoch's seed set
         x, y = stats.sample(classes, n_per_class)
         order = torch.randperm(len(y))
         x, y = x[order].to(device), y[order].to(device)
-        total, count = 0.0, 0
-        for step in range(steps):
-            xb = x[step * n_per_class:(step + 1) * n_per_class]
-            yb = y[step * n_per_class:(step + 1) * n_per_class]
-            if len(yb) == 0:
-                break
-            loss = F.cross_entropy(masked_logits(model(xb), allowed), yb)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"{where} epoch {epoch}", step, value)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + value * len(yb), count + len(yb)
-        lr_now = optimizer.param_groups[0]["lr"]
-        schedule.step()
-        ctx.epoch_end(epoch, {"loss": total / max(count, 1), "lr": lr_now})
+        chunks = [(x[i * n_per_class:(i + 1) * n_per_class], y[i * n_per_class:(i + 1) * n_per_class])
+                  for i in range(steps)]
+        return [(xb, yb) for xb, yb in chunks if len(yb)]
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(masked_logits(model(x), allowed), y)
+
+    return learner.train_epochs(
+        ctx, loss_fn, params, desc=ctx.stage, batches=batches, epochs=epochs, lr=lr,
+        schedule=lambda optimizer, count: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=count),
+        optimizer=partial(torch.optim.SGD, momentum=momentum, weight_decay=weight_decay), clip_grad=None,
+        limit_batches=False)

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from norga.models.gates import GateFn
@@ -302,29 +301,6 @@ class PrefixAttention(Attention):
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
-
-
-class PrefixBlock(Block):
-    """timm's ViT block whose attention takes an optional per-layer :class:`Prefix`.
-
-    Parameter names are timm's, so pretrained weights load unchanged.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs["attn_layer"] = PrefixAttention
-        super().__init__(*args, **kwargs)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        prefix: Prefix | None = None,
-    ) -> torch.Tensor:
-        if prefix is None:
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), prefix=prefix)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 # ---- choosing an implementation for a model ------------------------------------------------------------------

@@ -32,13 +32,16 @@ class PromptKeys(nn.Module):
         return _l2_normalize(query.float()) @ _l2_normalize(self.vectors).T
 
     @torch.no_grad()
-    def match(self, query: torch.Tensor, top_k: int, allowed: int | None = None) -> torch.Tensor:
-        """Each sample's ``top_k`` best keys, ``(B, top_k)`` sorted ascending; only keys ``0..allowed-1`` when
+    def match(self, query: torch.Tensor, top_k: int, allowed: int | None = None,
+              ordered: bool = False) -> torch.Tensor:
+        """Each sample's ``top_k`` best keys, ``(B, top_k)`` sorted ascending, or with ``ordered`` best first (the
+        reference's ``topk`` order, which its prefix layout depends on); only keys ``0..allowed-1`` when
         ``allowed`` is given."""
         sim = self.similarity(query)
         if allowed is not None:
             sim[:, allowed:] = float("-inf")
-        return sim.topk(top_k, dim=1).indices.sort(dim=1).values
+        ids = sim.topk(top_k, dim=1).indices
+        return ids if ordered else ids.sort(dim=1).values
 
     def pull(self, query: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Per sample, the summed cosine between the query and its selected keys ``ids (B, k)``: ``(B,)``.

@@ -1,15 +1,19 @@
-"""The frozen backbone: a timm VisionTransformer built with prefix-aware blocks."""
+"""The frozen backbone: a timm VisionTransformer built with :class:`~norga.models.peft.PeftBlock` blocks, and its
+forward with parameter-efficient modules attached per block (:func:`vit_features`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 from omegaconf import DictConfig
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from norga.models.attention import Prefix, PrefixAttention, PrefixBlock
+from norga.models.attention import Prefix, PrefixAttention
+from norga.models.peft.block import PeftBlock
+from norga.models.peft.plan import BlockPeft, attachments, compose
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +22,7 @@ def build_frozen_backbone(cfg: DictConfig) -> VisionTransformer:
     """Build the backbone named by ``cfg`` (a ``conf/backbone`` node), load its weights, and freeze it."""
     from norga.models.checkpoint_formats import build_backbone
 
-    model = build_backbone(cfg, block_fn=PrefixBlock, num_classes=0)
+    model = build_backbone(cfg, block_fn=PeftBlock, num_classes=0)
     if not isinstance(model.blocks[0].attn, PrefixAttention):
         raise TypeError(f"backbone {cfg.name!r} was not built with prefix attention blocks")
     if cfg.get("reference_fc_norm"):
@@ -37,27 +41,33 @@ def vit_features(
     x: torch.Tensor,
     prefixes: dict[int, Prefix] | None = None,
     tokens: dict[int, torch.Tensor] | None = None,
+    peft: dict[int, BlockPeft] | None = None,
 ) -> torch.Tensor:
-    """Pre-logit features (the class token after the final norm) with optional per-layer prompts.
+    """Pre-logit features (the class token after the final norm) with parameter-efficient modules attached
+    per block for this pass (:mod:`norga.models.peft`; modules bound to ``vit`` apply as well).
 
-    ``prefixes``: block index -> :class:`Prefix` (prefix tuning: keys and values the block's queries also
-    attend to). ``tokens``: block index -> ``(B, n, dim)`` prompt tokens put in front of the sequence before
-    that block (prompt tuning, L2P; no position embedding, as in the reference); they travel through the later
-    blocks and are dropped before the head, which reads the class token.
+    ``peft``: block index -> :class:`BlockPeft` (any kinds, composed). ``prefixes``: block index ->
+    :class:`Prefix` (prefix tuning: keys and values the block's queries also attend to). ``tokens``: block index
+    -> ``(B, n, dim)`` prompt tokens put in front of the sequence before that block (prompt tuning, L2P; no
+    position embedding, as in the reference); they travel through the later blocks and are dropped before the
+    head, which reads the class token. ``prefixes`` and ``tokens`` are shorthands composed into ``peft``.
     """
-    if not prefixes and not tokens:
+    if not prefixes and not tokens and not peft:
         return vit.forward_head(vit.forward_features(x), pre_logits=True)
-    prefixes, tokens = prefixes or {}, tokens or {}
+    plan = compose(peft, attachments(prefixes=prefixes, tokens=tokens))
     x = vit.patch_embed(x)
     x = vit._pos_embed(x)
     x = vit.patch_drop(x)
     x = vit.norm_pre(x)
     prepended = 0
     for i, block in enumerate(vit.blocks):
-        if i in tokens:
-            x = torch.cat([tokens[i].to(x.dtype), x], dim=1)
-            prepended += tokens[i].shape[1]
-        x = block(x, prefix=prefixes.get(i))
+        attached = plan.get(i)
+        if attached is not None and attached.tokens is not None:
+            x = torch.cat([attached.tokens.to(x.dtype), x], dim=1)
+            prepended += attached.tokens.shape[1]
+            attached = replace(attached, tokens=None)
+            attached = None if attached.is_empty() else attached
+        x = block(x, peft=attached)
     x = vit.norm(x)
     return vit.forward_head(x[:, prepended:], pre_logits=True)
 
