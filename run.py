@@ -25,7 +25,7 @@ register()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from norga.engine.run import run
+    from norga.runner import run
 
     hc = HydraConfig.get()
     sweep = hc.mode == RunMode.MULTIRUN

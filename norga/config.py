@@ -161,12 +161,6 @@ class RunConfig:
     fidelity: str = choice(CORRECTED, *FIDELITIES)
 
 
-# Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the
-# report does not split rows by them.
-RESULT_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "train.threads",
-                    "eval.cache")
-
-
 def asset_path(name: str) -> str:
     """Path of a file shipped in ``norga/assets`` (the ``${pkg_asset:<file>}`` resolver)."""
     return str(resources.files("norga") / "assets" / name)

@@ -85,11 +85,6 @@ def gate_ablation(dataset: str, backbone: str, method: str, gate: str | None) ->
     return _table().get(("gate_ablation", *names, gate_name, "FA"))
 
 
-def all_entries() -> dict[_Key, Published]:
-    """Every published number, keyed by (table, dataset, backbone, method, gate, metric) in paper names."""
-    return dict(_table())
-
-
 # ---- the PTM class-incremental benchmarks (LAMDA-PILOT's protocol; assets/benchmark_results.csv) ----------------
 BENCHMARK_METRICS = ("acc_avg_pooled", "acc_last_pooled", "acc_last_taskmean")
 """The metrics published rows carry, in the vocabulary of metrics.json (norga.metrics.pooled)."""

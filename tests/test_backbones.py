@@ -214,7 +214,7 @@ def test_random_weights_touch_no_file(name: str, tmp_path: Path, monkeypatch: py
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("pretrained=false must not read weights")
 
-    monkeypatch.setattr(checkpoint_formats, "read_checkpoint", forbidden)
+    monkeypatch.setattr(checkpoint_formats.reading, "read_checkpoint", forbidden)
     monkeypatch.setattr(timm.models, "load_pretrained", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     cfg = backbone_cfg(name, tmp_path / "nowhere", pretrained=False, checkpoint=str(tmp_path / "absent.pth"))

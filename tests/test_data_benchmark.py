@@ -97,12 +97,12 @@ def test_subsets_hold_only_their_tasks_classes(cifar):
         assert y == int(train.labels[3]) and y in classes  # dataset class id, not remapped
 
 
-def test_items_with_index_and_eval_transform(digits):
+def test_items_follow_their_source_index_under_the_eval_transform(digits):
     bench = Benchmark(digits, num_tasks=5, seed=0, shuffle=True, input_size=16)
-    ds = bench.train_set(1, augment=False).with_index()
-    x, y, i = ds[4]
-    assert i == int(ds.indices[4]) and y == int(digits.train.labels[i])
-    x_again, _, _ = ds[4]
+    ds = bench.train_set(1, augment=False)
+    x, y = ds[4]
+    assert y == int(digits.train.labels[int(ds.indices[4])])
+    x_again, _ = ds[4]
     assert torch.equal(x, x_again)  # augment=False: the deterministic eval transform
     one_class = bench.train_set_of_classes([bench.task_classes[1][0]], augment=False)
     assert set(one_class.labels.tolist()) == {bench.task_classes[1][0]}

@@ -107,10 +107,10 @@ def test_evaluation_follows_task_identification_not_the_true_task(two_tasks, cac
     for index, score in enumerate(result.tasks):
         x = torch.stack([x for x, _ in swapped.test_set(index)])
         with torch.no_grad():
-            tii = learner.tii_logits(learner.backbone_features(x))
+            tii = learner.tii(learner.backbone_features(x))
             tii = tii.masked_fill(~bench.seen_mask(1), float("-inf"))
             picked = class_to_task[tii.argmax(dim=1)]
-            predicted = learner.wtp_logits(learner.prompted_features(x, picked)).argmax(dim=1)
+            predicted = learner.head(learner.prompted_features(x, picked)).argmax(dim=1)
         assert (picked != index).float().mean() > 0.5, "the fixture must make TII and the task index disagree"
         assert torch.equal(score.selection[:, 0], picked), "the prompt used is not the one TII picked"
         assert torch.equal(score.chosen_task, picked)

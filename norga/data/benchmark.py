@@ -22,8 +22,7 @@ class SourceDataset(Dataset):
     """Items ``indices`` of a source as ``(image tensor CHW, label)``, label = the dataset's class id.
 
     Each item is transformed with its own transform kind's transform (``transforms[kind]``).
-    ``indices`` (positions in the source) and ``labels`` are available without loading any image;
-    with ``return_index=True`` items are ``(image, label, source index)``, handy for caching features.
+    ``indices`` (positions in the source) and ``labels`` are available without loading any image.
     """
 
     def __init__(
@@ -31,13 +30,11 @@ class SourceDataset(Dataset):
         source: ImageSource,
         indices: np.ndarray,
         transforms: dict[str, Callable],
-        return_index: bool = False,
     ):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = torch.from_numpy(source.labels[self.indices].copy())
         self.transforms = transforms
-        self.return_index = return_index
         self.augment_seed: int | None = None
 
     def seed_augmentation(self, seed: int) -> SourceDataset:
@@ -50,7 +47,7 @@ class SourceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
         i = int(self.indices[j])
         transform = self.transforms[self.source.transform_kind_at(i)]
         if self.augment_seed is None:
@@ -62,11 +59,7 @@ class SourceDataset(Dataset):
                 torch.default_generator.manual_seed(self.augment_seed * 1_000_003 + i)
                 x = transform(self.source.image(i))
         y = int(self.source.labels[i])
-        return (x, y, i) if self.return_index else (x, y)
-
-    def with_index(self) -> SourceDataset:
-        """The same items, returned as ``(image, label, source index)``."""
-        return SourceDataset(self.source, self.indices, self.transforms, return_index=True)
+        return x, y
 
 
 class Benchmark:

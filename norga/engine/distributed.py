@@ -15,7 +15,6 @@ Everything here is a no-op or an identity in a single process, so the engine cal
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -266,24 +265,6 @@ class ShardedBatchSampler(Sampler[list[int]]):
         return torch.tensor([i for b in batches for i in b[self.rank::self.world_size]], dtype=torch.long)
 
 
-def shard_sampler(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    epoch: int = 0,
-    drop_last: bool = False,
-) -> ShardedBatchSampler:
-    """A :class:`ShardedBatchSampler` over ``dataset`` for this process. The shuffling order comes from
-    ``generator``, or else from ``(seed, epoch)`` (``DistributedSampler``'s convention)."""
-    if shuffle and generator is None:
-        if seed is None:
-            raise ValueError("shuffling needs a generator or a seed")
-        generator = torch.Generator().manual_seed(seed + epoch)
-    return ShardedBatchSampler(len(dataset), batch_size, shuffle, generator, drop_last)
-
-
 class EmptySafeCollate:
     """``default_collate`` that also collates an empty shard, into zero-row tensors shaped like the dataset's
     items (read once from item 0), so a rank whose share of a small global batch is empty still runs the
@@ -350,8 +331,3 @@ def data_parallel(modules: dict[str, nn.Module], fn: Callable[..., Any], info: D
     device = info.device if info is not None else next(step.parameters()).device
     device_ids = [device] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
-
-
-def shard_sizes(global_count: int, world_size: int) -> list[int]:
-    """How many of ``global_count`` samples each rank gets under :class:`ShardedBatchSampler`'s split."""
-    return [math.ceil((global_count - r) / world_size) for r in range(world_size)]

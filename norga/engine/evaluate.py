@@ -1,7 +1,7 @@
 """Class-incremental evaluation of any learner, without recomputing frozen work.
 
 After task ``t`` every test sample of tasks ``0..t`` goes through the learner's prediction functions
-(:mod:`norga.methods.base`): query (frozen features) -> selection (the prompt(s) it uses, from the query) ->
+(the learner contract): query (frozen features) -> selection (the prompt(s) it uses, from the query) ->
 features under that selection -> class logits -> top-1. The true task id is never given to the learner; it
 is only used to score.
 

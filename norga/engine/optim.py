@@ -36,9 +36,9 @@ class LrScaling:
         return "as configured" if self.per_batch is None else f"x global batch / {self.per_batch}"
 
 
-#: lr x global batch / 256 (HiDe-Prompt, NoRGa, L2P, DualPrompt, S-Prompt++, CODA-Prompt as the papers run them)
+#: lr x global batch / 256 (the prompt methods as their papers run them; each method declares its rule)
 BY_GLOBAL_BATCH = LrScaling(256)
-#: the configured lr, whatever the batch (HiDe-Prompt's WTP TAP, RanPAC's adaptation)
+#: the configured lr, whatever the batch (stages whose reference does not scale; the method declares it)
 UNSCALED = LrScaling(None)
 
 
@@ -53,7 +53,7 @@ def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
     """Multiplier of the base lr in ``epoch`` (0-based) of a stage with ``epochs`` epochs.
 
     ``step``: ``gamma ** (epoch // step_epochs)``; ``cosine``: half-cosine from 1 to ``min_lr / lr`` over
-    the stage (returned relative to 1; the caller applies ``min_factor``); ``coda_cosine``: CODA-Prompt's
+    the stage (returned relative to 1; the caller applies ``min_factor``); ``coda_cosine``: the schedule
     ``cos(99 pi e / (200 (epochs - 1)))``, from 1 at the first epoch to cos(0.495 pi) ~ 0.016 at the last.
     """
     name = schedule["name"]

@@ -18,12 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from norga.config import RESULT_FREE_KEYS
 from norga.errors import RunRefusedError
 
 HYDRA_DIR = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml
 RESUMES_LOG = "resumes.log"
 _UNCHANGED = "Nothing in it was changed."
+
+# Keys that do not change a run's results: a resumed run may differ from its checkpoint in these, and the
+# report does not split rows by them.
+RESULT_FREE_KEYS = ("resume", "progress", "device", "logger", "paths", "train.num_workers", "train.threads",
+                    "eval.cache")
 
 
 class RunExistsError(RunRefusedError, FileExistsError):
@@ -125,5 +129,9 @@ def config_differences(old: dict, new: dict) -> list[str]:
     """Keys (dotted) whose values differ between two resolved configs, ignoring result-free keys."""
     a, b = flat(old), flat(new)
     keys = sorted(set(a) | set(b))
-    free = RESULT_FREE_KEYS
-    return [k for k in keys if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
+    return [k for k in keys if a.get(k) != b.get(k) and not result_free(k)]
+
+
+def result_free(key: str) -> bool:
+    """Whether a dotted config key is (or lies under) one of :data:`RESULT_FREE_KEYS`."""
+    return any(key == free or key.startswith(free + ".") for free in RESULT_FREE_KEYS)

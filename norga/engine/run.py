@@ -1,6 +1,6 @@
 """The run driver: builds everything from the config, runs any learner task by task and stage by stage,
-evaluates, writes checkpoints and ``metrics.json``, and logs. It knows no method: the learner contract
-(:mod:`norga.methods.base`) is all it uses.
+evaluates, writes checkpoints and ``metrics.json``, and logs. It knows no method: the learner contract (the
+methods package's base module) is all it uses, and it imports no method and no config schema.
 
 A run directory is an append-only record of one run. A command that would change another run's record (no
 ``resume=true`` in a directory that holds a run; a resume whose config differs in keys that change results)
@@ -12,9 +12,7 @@ adds a line to ``resumes.log``. A run that fails writes its error to ``run.log``
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,22 +21,21 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from norga.config import validate
 from norga.data import build_benchmark
-from norga.engine import record
-from norga.engine.checkpoint import load_checkpoint, save_atomic
+from norga.engine.checkpointing import Checkpointer, Cursor, RunClock
 from norga.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
 from norga.engine.evaluate import Evaluator
 from norga.engine.faults import maybe_crash
-from norga.engine.logging import NullLogger, progress_bars, to_run_log
+from norga.engine.logging import NullLogger, progress_bars
+from norga.engine.metrics_file import MetricsFile
 from norga.engine.options import refuse_untaken_options
-from norga.engine.protocol_record import protocol_record, with_protocol_defaults
+from norga.engine.protocol_record import protocol_record
+from norga.engine.results import RunResults
+from norga.engine.run_dir import accept_run_dir, open_record
 from norga.engine.seeding import seed_everything
 from norga.engine.stages import Stage, StageContext, check_stages
 from norga.engine.threads import set_threads
-from norga.errors import ConfigError, NorgaError, RunRefusedError
-from norga.fidelity import fidelity_of_config
-from norga.metrics import summarize
+from norga.errors import ConfigError, NorgaError
 from norga.models.checkpoint_formats import check_checkpoint_available
 from norga.models.vit import build_frozen_backbone
 
@@ -70,20 +67,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class ContinualRun:
-    """One run: any learner (:mod:`norga.methods.base`) trained task by task on a benchmark, stage by stage,
-    with the evaluations its stages ask for.
-
-    Checkpoints (``<run dir>/checkpoints``), all written atomically:
-
-    * ``last.pt``: the cursor (task, stage, epoch to do next), the learner's modules, the stage's optimiser
-      and scheduler state, the accuracy matrices, the learner's artifacts so far and counters; rewritten after
-      every epoch and stage.
-    * ``<artifact>.pt``: files a learner writes once with ``ctx.save_artifact`` (e.g. HiDe-Prompt's class
-      statistics ``{tii,wtp}_stats_task_<t>.pt``: large, and never changing once computed).
-    * ``task_<t>.pt``: ``last.pt`` as it was when task t finished; kept.
-
-    No RNG state is stored: every epoch of every stage seeds itself from (seed, task, stage name, epoch).
-    """
+    """One run: any learner trained task by task on a benchmark, stage by stage, with the evaluations its
+    stages ask for. The run directory is admitted (:mod:`norga.engine.run_dir`), checkpoints are written and
+    read by a :class:`~norga.engine.checkpointing.Checkpointer`, results are kept by
+    :class:`~norga.engine.results.RunResults` and written by :class:`~norga.engine.metrics_file.MetricsFile`;
+    this class builds the run and schedules the stages and evaluations.
+    The config is taken as composed: :func:`norga.runner.run` checks it against its schemas first."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, launch: dict[str, str] | None = None,
                  parallel_jobs: int = 1) -> None:
@@ -91,36 +80,29 @@ class ContinualRun:
         each name ending in ``.yaml`` (the app passes Hydra's config.yaml, hydra.yaml, overrides.yaml), and
         ``command``, the line a resume records. ``parallel_jobs``: the jobs running beside this one, for the
         share of the CPU cores it takes (:mod:`norga.engine.threads`)."""
-        validate(cfg)  # the app has checked already; API users get the same checks
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = init_distributed(cfg.device)
         self.device = self.dist.device
         if self.dist.distributed:
             # Hydra names run dirs by the clock, which can differ between ranks: rank 0's dir wins
             self.run_dir = Path(broadcast_object(str(self.run_dir)))
-            self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / "checkpoints"
         with_precision = resolve_precision(cfg.train.precision, self.device)
         OmegaConf.set_struct(cfg, False)
         cfg.train.precision = with_precision
         OmegaConf.set_struct(cfg, True)
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.logger: Any = NullLogger()
-        # evaluation tag ("" for the task's own evaluation) -> accuracy matrix; task-identification accuracy
-        self.matrices: dict[str, list[list[float]]] = {}
-        self.tii_acc: list[list[float | None]] = []
-        self.extra: list[dict] = []
-        self.artifacts: list[str] = []
+        self.checkpoints = Checkpointer(self.ckpt_dir, self.dist.is_main)
+        self.metrics_file = MetricsFile(self.run_dir, cfg, self.config, self.dist.is_main)
+        self.clock = RunClock()
         self.epoch_counter = 0
-        self.wall_time = 0.0
-        self._clock = time.perf_counter()
         self._resume_id: str | None = None
-        self._saved: tuple[int, str, int] | None = None  # the cursor last.pt holds
         # Nothing in the run directory is written before this check.
-        self._checkpoint = self._accept_run_dir()
+        self._checkpoint = accept_run_dir(self.run_dir, bool(cfg.resume), self.config, self.dist)
         self.threads, self._threads_from = set_threads(cfg.train.get("threads"), parallel_jobs)
-        self._open_record(launch or {})
+        open_record(self.run_dir, launch or {}, self.dist.is_main)
         try:
             self._build(cfg)
         except BaseException as err:
@@ -151,6 +133,7 @@ class ContinualRun:
         self.evaluator = Evaluator(self.benchmark, self.device, cfg.eval.batch_size, cfg.train.num_workers,
                                    cache=cfg.eval.cache, progress=progress_bars(cfg.progress),
                                    max_samples=cfg.eval.max_samples_per_task)
+        self.results = RunResults(self.learner.batchwise_prompt)
         self.logger = instantiate(cfg.logger) if self.dist.is_main else NullLogger()
 
     # ---- stages ------------------------------------------------------------------------------------
@@ -167,77 +150,27 @@ class ContinualRun:
         return names.index(name)
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.wall_time += now - self._clock
-        self._clock = now
-
-    def _state(self, cursor: tuple[int, str, int], ctx: StageContext | None = None) -> dict:
-        self._tick()
+    def _state(self, cursor: Cursor, ctx: StageContext | None = None) -> dict:
+        """What ``last.pt`` holds at ``cursor`` (``ctx``: the stage whose optimiser state it keeps)."""
+        wall_time = self.clock.tick()
         return {
             "cursor": {"task": cursor[0], "stage": cursor[1], "epoch": cursor[2]},
             "learner": self.learner.state_dict(),
             "optimizer": ctx.optimizer.state_dict() if ctx is not None and ctx.optimizer is not None else None,
             "scheduler": ctx.scheduler.state_dict() if ctx is not None and ctx.scheduler is not None else None,
-            "run": {"matrices": self.matrices, "tii_acc": self.tii_acc, "extra": self.extra,
-                    "artifacts": self.artifacts, "evaluator": self.evaluator.state_dict(),
-                    "epoch_counter": self.epoch_counter, "wall_time": self.wall_time,
-                    "logger_run_id": self.logger.run_id},
+            "run": {**self.results.state_dict(), "artifacts": self.checkpoints.artifacts,
+                    "evaluator": self.evaluator.state_dict(), "epoch_counter": self.epoch_counter,
+                    "wall_time": wall_time, "logger_run_id": self.logger.run_id},
             "config": self.config,
         }
 
-    def _save(self, cursor: tuple[int, str, int], ctx: StageContext | None = None) -> None:
-        if self.dist.is_main:
-            save_atomic(self._state(cursor, ctx), self.ckpt_dir / "last.pt")
-        self._saved = cursor
-
-    def _save_artifact(self, name: str, state: Any) -> None:
-        if self.dist.is_main:
-            save_atomic(state, self.ckpt_dir / f"{name}.pt")
-        if name not in self.artifacts:
-            self.artifacts.append(name)
-
-    # ---- the run directory -------------------------------------------------------------------------
-    def _accept_run_dir(self) -> dict | None:
-        """Refuse (:class:`RunRefusedError`) a run that would change the record of the run already in the
-        directory (:mod:`norga.engine.record`); checked on rank 0 before anything is written. Returns
-        ``last.pt``'s state for a resume."""
-        refusal, state = None, None
-        if self.dist.is_main:
-            try:
-                state = self._check_run_dir()
-            except NorgaError as err:
-                refusal = err
-        if self.dist.distributed:
-            message = broadcast_object(None if refusal is None else str(refusal))
-            if refusal is None and message is not None:
-                refusal = RunRefusedError(message)
-        if refusal is not None:
-            raise refusal
-        return state
-
-    def _check_run_dir(self) -> dict | None:
-        if not self.cfg.resume:
-            record.refuse_new_run(self.run_dir)
-            return None
-        record.refuse_missing_last(self.run_dir)
-        last = self.ckpt_dir / "last.pt"
-        state = load_checkpoint(last) if last.is_file() else None
-        recorded = state["config"] if state is not None else record.recorded_config(self.run_dir)
-        recorded = with_protocol_defaults(recorded)  # a run recorded before protocols was protocol=hide
-        record.refuse_changed_config(self.run_dir, recorded, self.config)
-        return state
-
-    def _open_record(self, launch: dict[str, str]) -> None:
-        if self.dist.is_main:
-            record.open_record(self.run_dir, launch, resumed=bool(record.record_files(self.run_dir)))
+    def _save(self, cursor: Cursor, ctx: StageContext | None = None) -> None:
+        self.checkpoints.save(self._state(cursor, ctx) if self.dist.is_main else {}, cursor)
 
     def _resume(self) -> tuple[int, str, int, dict | None]:
         """Load ``last.pt`` and the artifacts it lists; returns the cursor and in-stage state."""
-        path = self.ckpt_dir / "last.pt"
-        state, self._checkpoint = self._checkpoint, None  # rank 0 read it when it checked the directory
-        if state is None and not self.dist.is_main and path.is_file():
-            state = load_checkpoint(path)
+        state = self.checkpoints.load_last(self._checkpoint)  # rank 0 read it when it checked the directory
+        self._checkpoint = None
         if state is None:
             log.info("resume=true but no checkpoint in %s: starting from task 0", self.ckpt_dir)
             return 0, self.stages(0)[0].name, 0, None
@@ -247,104 +180,36 @@ class ContinualRun:
             self._stage_index(task, stage)
         self.learner.load_state_dict(state["learner"])
         run = state["run"]
-        for name in run["artifacts"]:
-            self.learner.load_artifact(name, load_checkpoint(self.ckpt_dir / f"{name}.pt"))
-        self.matrices, self.tii_acc, self.extra = run["matrices"], run["tii_acc"], run["extra"]
-        self.artifacts = list(run["artifacts"])
+        for name, artifact in self.checkpoints.load_artifacts(run["artifacts"]):
+            self.learner.load_artifact(name, artifact)
+        self.results.load_state_dict(run)
         self.evaluator.load_state_dict(run["evaluator"])
-        self.epoch_counter, self.wall_time = run["epoch_counter"], run["wall_time"]
+        self.epoch_counter, self.clock.total = run["epoch_counter"], run["wall_time"]
         self._resume_id = run["logger_run_id"]
-        self._saved = (task, stage, epoch)
-        log.info("resumed from %s at task %d, stage %s, epoch %d", path, task, stage, epoch)
+        self.checkpoints.saved = (task, stage, epoch)
+        log.info("resumed from %s at task %d, stage %s, epoch %d", self.checkpoints.last, task, stage, epoch)
         in_stage = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]} if epoch > 0 else None
         return task, stage, epoch, in_stage
 
     # ---- metrics -----------------------------------------------------------------------------------
     @property
     def acc(self) -> list[list[float]]:
-        return self.matrices.get("", [])
+        return self.results.acc
 
     def metrics(self, finished: bool) -> dict:
-        out: dict[str, Any] = {
-            "finished": finished,
-            "dataset": self.cfg.dataset.name,
-            "backbone": self.cfg.backbone.name,
-            "method": self.cfg.method.name,
-            "gate": self.cfg.method.get("gate"),
-            "bound": self.cfg.get("bound"),
-            "fidelity": fidelity_of_config(self.cfg),
-            "seed": self.cfg.seed,
-            "num_tasks": self.benchmark.num_tasks,
-            "tasks_done": len(self.acc),
-            "acc_matrix": self.acc,
-            **{f"acc_matrix_{tag}": rows for tag, rows in self.matrices.items() if tag},
-            "tii_acc_matrix": self.tii_acc,
-        }
-        if self.acc:
-            out.update(summarize(self.acc))
-            last = self.tii_acc[-1]
-            out["tii_acc"] = None if None in last else sum(last) / len(last)
-            for tag, rows in self.matrices.items():
-                if tag and len(rows) == len(self.acc):
-                    out.update({f"{k}_{tag}": v for k, v in summarize(rows).items()})
-        out.update(protocol_record(self.cfg, self.benchmark, self.acc, self.evaluator.test_count))
-        if self.learner.batchwise_prompt and self.extra:
-            out["per_sample_prompt"] = self.extra[-1]
-        out["vit_passes"] = round(self.evaluator.vit_passes, 4)
-        out["prompt_changes"] = self.evaluator.prompt_changes
-        out["wall_time_s"] = round(self.wall_time, 2)
-        out["config"] = self.config
-        return out
-
-    def _write_metrics(self, finished: bool, error: str | None = None) -> dict:
-        if hasattr(self, "evaluator"):
-            metrics = self.metrics(finished)
-        else:  # stopped while building: keep what an earlier part of the run recorded
-            metrics = self._metrics_so_far()
-            metrics["finished"] = False
-        if error:
-            metrics["error"] = error
-        if not self.dist.is_main:
-            return metrics
-        tmp = self.run_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        tmp.replace(self.run_dir / "metrics.json")
-        return metrics
-
-    def _metrics_so_far(self) -> dict:
-        try:
-            metrics = json.loads((self.run_dir / "metrics.json").read_text())
-            if isinstance(metrics, dict):
-                return metrics
-        except (OSError, ValueError):
-            pass
-        cfg = self.cfg
-        return {"finished": False, "dataset": cfg.dataset.name, "backbone": cfg.backbone.name,
-                "method": cfg.method.name, "gate": cfg.method.get("gate"), "seed": cfg.seed,
-                "num_tasks": cfg.dataset.num_tasks, "tasks_done": 0, "acc_matrix": [], "config": self.config}
+        """``metrics.json`` as it stands: what was run, what was measured, counters and the config."""
+        return {**self.metrics_file.description(finished), "num_tasks": self.benchmark.num_tasks,
+                **self.results.metrics(),
+                **protocol_record(self.cfg, self.benchmark, self.acc, self.evaluator.test_count),
+                "vit_passes": round(self.evaluator.vit_passes, 4),
+                "prompt_changes": self.evaluator.prompt_changes,
+                "wall_time_s": round(self.clock.total, 2),
+                "config": self.config}
 
     def _record_failure(self, err: BaseException) -> None:
-        """Write why the run stopped to ``run.log`` and ``metrics.json`` (``finished: false``, ``error``); the
-        app shows it on the screen. An interruption is no error: the log says what the checkpoint holds."""
-        if isinstance(err, KeyboardInterrupt):
-            log.warning("interrupted: %s", self._checkpoint_state())
-            return
-        if not isinstance(err, Exception):
-            return
-        text = str(err) if isinstance(err, NorgaError) else f"{type(err).__name__}: {err}"
-        to_run_log(text, exc=None if isinstance(err, NorgaError) else err)
-        if self.dist.is_main:
-            try:
-                self._write_metrics(finished=False, error=text)
-            except Exception:  # noqa: BLE001 - the run's own error is the one to report
-                log.exception("could not record the error in %s", self.run_dir / "metrics.json")
-
-    def _checkpoint_state(self) -> str:
-        if self._saved is None:
-            return f"no checkpoint was written in {self.ckpt_dir} yet; a resume starts from task 0"
-        task, stage, epoch = self._saved
-        return (f"{self.ckpt_dir / 'last.pt'} holds the run up to task {task}, stage {stage}, epoch {epoch}; "
-                "a resume continues from there")
+        built = hasattr(self, "results")  # else stopped while building: keep what was recorded before
+        self.metrics_file.record_failure(err, (lambda: self.metrics(False)) if built else None,
+                                         self.checkpoints.describe)
 
     # ---- running -----------------------------------------------------------------------------------
     def _epoch_end(self, ctx: StageContext, epoch: int, values: dict) -> None:
@@ -357,16 +222,7 @@ class ContinualRun:
         if not self.dist.is_main:
             return  # evaluation runs on rank 0 only (its caches live there); the others wait at the barrier
         self.learner.eval_mode()
-        result = self.evaluator.evaluate(self.learner, task, point=point)
-        self.matrices.setdefault(stage.evaluate, []).append(result.accs)
-        if stage.evaluate:
-            return
-        self.tii_acc.append(result.tii_accs)
-        extra = {}
-        if self.learner.batchwise_prompt:
-            extra = {"acc": [s.acc_per_sample_prompt for s in result.tasks],
-                     "tii_acc": [s.tii_acc_per_sample_prompt for s in result.tasks]}
-        self.extra.append(extra)
+        self.results.add(stage.evaluate, self.evaluator.evaluate(self.learner, task, point=point))
 
     def _run_stage(self, task: int, stage: Stage, epoch: int, in_stage: dict | None) -> None:
         train = self.cfg.train
@@ -375,7 +231,7 @@ class ContinualRun:
                            max_batches=train.get("max_batches"),
                            optimizer_state=(in_stage or {}).get("optimizer"),
                            scheduler_state=(in_stage or {}).get("scheduler"),
-                           on_epoch_end=self._epoch_end, on_artifact=self._save_artifact)
+                           on_epoch_end=self._epoch_end, on_artifact=self.checkpoints.save_artifact)
         maybe_crash(f"{ctx.point}/start")
         if stage.is_evaluation:
             self._evaluate(task, stage, ctx.point)
@@ -399,23 +255,11 @@ class ContinualRun:
         if not self.dist.is_main:
             return
         following = self.stages(task + 1)[0].name if task + 1 < self.benchmark.num_tasks else "done"
-        state = self._state((task + 1, following, 0))
-        save_atomic(state, self.ckpt_dir / "last.pt")
-        save_atomic(state, self.ckpt_dir / f"task_{task}.pt")
-        self._saved = (task + 1, following, 0)
-        metrics = self._write_metrics(finished=task == self.benchmark.num_tasks - 1)
-        row = self.acc[-1]
-        n = len(row)
-        others = " ".join(f"({tag} {sum(rows[-1]) / n:.2f})" for tag, rows in self.matrices.items() if tag)
-        tii = "" if metrics["tii_acc"] is None else f" | task id {metrics['tii_acc']:.2f}"
-        log.info("task %d/%d: acc [%s] | avg %.2f %s%s | %.0fs", task + 1, self.benchmark.num_tasks,
-                 " ".join(f"{a:.1f}" for a in row), sum(row) / n, others, tii, self.wall_time)
-        values = {"task": task, "eval/avg_acc": metrics["final_avg_acc"],
-                  **{f"eval/avg_acc_{tag}": sum(rows[-1]) / n for tag, rows in self.matrices.items() if tag},
-                  **{f"eval/acc_task_{j}": a for j, a in enumerate(row)}}
-        if metrics["tii_acc"] is not None:
-            values["eval/tii_acc"] = metrics["tii_acc"]
-        self.logger.log(values)
+        cursor = (task + 1, following, 0)
+        self.checkpoints.save_task(self._state(cursor), cursor, task)
+        metrics = self.metrics_file.write(self.metrics(finished=task == self.benchmark.num_tasks - 1))
+        log.info(self.results.task_line(task, self.benchmark.num_tasks, metrics["tii_acc"], self.clock.total))
+        self.logger.log(self.results.task_values(task, metrics))
         self.logger.log_matrix("acc_matrix", self.acc, task)
 
     def run(self) -> dict:
@@ -425,21 +269,18 @@ class ContinualRun:
         try:
             task, stage, epoch, in_stage = self._resume() if cfg.resume else (0, None, 0, None)
             self.logger.start(self.config, self.run_dir, resume_id=self._resume_id)
-            self._clock = time.perf_counter()
-            if cfg.backbone.name == "tiny":
-                log.info("backbone: the embedded tiny ViT, pre-trained on generated images "
-                         "(scripts/pretrain_embedded_vit.py), for demos and tests only")
+            self.clock.restart()
+            if cfg.backbone.get("source"):
+                log.info("backbone %s: %s", cfg.backbone.name, cfg.backbone.source)
             while task < self.benchmark.num_tasks:
                 self.run_task(task, stage, epoch, in_stage)
                 task, stage, epoch, in_stage = task + 1, None, 0, None
-            metrics = self._write_metrics(finished=True)
+            metrics = self.metrics_file.write(self.metrics(finished=True))
             if not self.dist.is_main:
                 exit_code = 0
                 return metrics
-            summary = {k: metrics.get(k) for k in ("final_avg_acc", "cum_avg_acc", "forgetting", "tii_acc",
-                                                   "final_avg_acc_pre_tap", "vit_passes", "wall_time_s")
-                       if metrics.get(k) is not None}
-            self.logger.summary(summary)
+            self.logger.summary({k: metrics.get(k) for k in self.results.summary_keys()
+                                 if metrics.get(k) is not None})
             tii = "" if metrics["tii_acc"] is None else f" | TII {metrics['tii_acc']:.2f}"
             done = (f"done: FA {metrics['final_avg_acc']:.2f} | CA {metrics['cum_avg_acc']:.2f} | FFM "
                     f"{metrics['forgetting']:.2f}{tii} | pooled A_B {metrics['acc_last_pooled']:.2f} Ā "
@@ -459,5 +300,6 @@ class ContinualRun:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, launch: dict[str, str] | None = None, parallel_jobs: int = 1) -> dict:
-    """Run ``cfg`` with outputs in ``run_dir``; returns the final metrics (``ContinualRun`` has the arguments)."""
+    """Run ``cfg`` (as composed: :func:`norga.runner.run` checks it first) with outputs in ``run_dir``; returns
+    the final metrics (``ContinualRun`` has the arguments)."""
     return ContinualRun(cfg, run_dir, launch, parallel_jobs).run()

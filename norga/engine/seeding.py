@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 # The stage names of the first release keep the numbers they had then (their position in this tuple), so
-# HiDe-Prompt and NoRGa runs draw exactly what they drew before learners named their own stages.
+# runs of the learners that use them draw exactly what they drew before learners named their own stages.
 LEGACY_STAGES = ("tii_train", "tii_stats", "tii_tap", "wtp_train", "wtp_stats", "wtp_tap", "evaluate")
 
 

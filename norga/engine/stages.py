@@ -17,7 +17,7 @@ class Stage:
     """One step of a task. A learner stage (``evaluate=None``) is run by the learner; an evaluation stage is
     run by the engine and records a row of an accuracy matrix: ``evaluate=""`` the task's evaluation
     (``acc_matrix``; every task ends with one), ``evaluate="<tag>"`` an extra one (``acc_matrix_<tag>``, e.g.
-    HiDe-Prompt's ``pre_tap``)."""
+    an evaluation before a learner's last stage of the task)."""
 
     name: str
     evaluate: str | None = None

@@ -117,9 +117,6 @@ class HiDePrompt(Learner):
         return self.head(features)
 
     # ---- forward paths -----------------------------------------------------------------------------------
-    def tii_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.tii(features)
-
     def prompted_features(self, x: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
         with self.amp():
             return self._vit(self.backbone, x, self.prompts.prefixes_for_ids(prompt_ids)).float()
@@ -127,9 +124,6 @@ class HiDePrompt(Learner):
     def task_features(self, x: torch.Tensor, task: int, momentum: float = 0.0) -> torch.Tensor:
         with self.amp():
             return self._vit(self.backbone, x, self.prompts.prefixes_for_task(task, len(x), momentum)).float()
-
-    def wtp_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
 
     # ---- stages ------------------------------------------------------------------------------------------
     def tii_train(self, ctx: StageContext) -> None:

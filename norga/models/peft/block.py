@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -36,17 +35,18 @@ _BRANCHES = "_peft_branches"
 
 
 def _add_branches(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-    """Forward hook of a block's linear layers: ``output + sum of branch(x)`` (a slice branch padded with
-    zeros to the layer's width, so only its rows change)."""
+    """Forward hook of a block's linear layers: ``output + sum of branch(x)``; a q, k or v branch is added to
+    its slice of the output only (in place: the layer's backward does not need its output)."""
     branches = module.__dict__.get(_BRANCHES)
     if not branches:
         return None
-    x, width = args[0], output.shape[-1]
+    x = args[0]
     for rows, branch in branches:
         delta = branch(x).to(output.dtype)
-        if rows is not None:
-            delta = F.pad(delta, (rows.start, width - rows.stop))
-        output = output + delta
+        if rows is None:
+            output = output + delta
+        else:
+            output[..., rows] += delta
     return output
 
 
