@@ -58,6 +58,12 @@ class DatasetConfig:
     # transform families replaced by another, e.g. {cifar100: default}: CIFAR images get the ImageNet-R family
     # (crop scale 0.05-1, bilinear, no colour jitter, no normalisation), as SimpleCIL's and RanPAC's authors
     transform_as: dict[str, str] = field(default_factory=dict)
+    # The protocol's other choices (conf/protocol, norga.data.protocol); each can be overridden on its own.
+    init_classes: int | None = at_least(0, None)  # B{init}Inc{inc}; null with increment null: equal tasks
+    increment: int | None = positive(None)
+    normalize: str = choice("recipe", "recipe", "none", "backbone")
+    verify: bool = False  # check the archive's MD5 where the user keeps it next to the folder
+    accept_license: bool = False  # for datasets whose licence restricts training on them (ObjectNet)
 
 
 @dataclass
@@ -131,6 +137,9 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     seed: int = at_least(0, 42)  # NumPy's seeding takes no negative numbers
+    # conf/protocol: the named set of dataset.* choices the run started from (a name a user's own protocol
+    # file may choose)
+    protocol: str = matching(r"[A-Za-z0-9_.-]+", "hide", "a protocol name (conf/protocol/<name>.yaml)")
     device: str = matching(r"auto|cpu|mps|cuda(:\d+)?", "auto", "auto, cpu, mps, cuda or cuda:<index>")
     resume: bool = False
     # progress bars: auto (only when stderr is a terminal), true or false; without bars, one line per epoch

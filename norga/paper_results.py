@@ -83,3 +83,35 @@ def gate_ablation(dataset: str, backbone: str, method: str, gate: str | None) ->
         return None
     gate_name = "none" if method == "hide" else (gate or "").lower()
     return _table().get(("gate_ablation", *names, gate_name, "FA"))
+
+
+# ---- the PTM class-incremental benchmarks (LAMDA-PILOT's protocol; assets/benchmark_results.csv) ----------------
+BENCHMARK_METRICS = ("acc_avg_pooled", "acc_last_pooled", "acc_last_taskmean")
+"""The metrics published rows carry, in the vocabulary of metrics.json (norga.metrics.pooled)."""
+
+_BenchKey = tuple[str, str, str, str, str, str]  # dataset, split, protocol, backbone, method, metric
+
+
+@functools.cache
+def _benchmark_table() -> dict[_BenchKey, tuple[Published, str]]:
+    text = resources.files("norga").joinpath("assets/benchmark_results.csv").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    table: dict[_BenchKey, tuple[Published, str]] = {}
+    for row in csv.DictReader(lines):
+        key = (row["dataset"], row["split"], row["protocol"], row["backbone"], row["method"], row["metric"])
+        table[key] = (Published(float(row["value"])), row["source"])
+    return table
+
+
+def benchmark_row(dataset: str, split: str, protocol: str, backbone: str, method: str
+                  ) -> dict[str, tuple[Published, str]]:
+    """The published numbers of a row whose every label matches (dataset, ``B{init}Inc{inc}`` split, protocol,
+    backbone tag, method): ``{metric: (number, source)}``; empty when none is published for those labels."""
+    table = _benchmark_table()
+    return {m: table[k] for m in BENCHMARK_METRICS
+            if (k := (dataset, split, protocol, backbone, method, m)) in table}
+
+
+def all_benchmark_entries() -> dict[_BenchKey, tuple[Published, str]]:
+    """Every published benchmark number, keyed by (dataset, split, protocol, backbone, method, metric)."""
+    return dict(_benchmark_table())

@@ -37,9 +37,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from norga.config import config_problems, explain_compose_error, problem_lines, validate
+from norga.engine.protocol_record import with_protocol_defaults
 from norga.engine.record import recorded_config, refuse_changed_config, refuse_new_run
 from norga.engine.threads import SWEEP_JOBS_ENV
 from norga.errors import NorgaError, print_error, show_traceback
+from norga.licences import check_terms
 from norga.output_dirs import check_writable
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ def check_run(config: DictConfig) -> None:
     ``resume=true`` in a directory that holds a run, a resume whose config differs from the one in the run's
     ``metrics.json``. The engine checks again, against ``last.pt``."""
     validate(config, _task_overrides(config))
+    source = OmegaConf.select(config, "dataset.source")  # a licence that forbids the run (ObjectNet's)
+    check_terms(OmegaConf.to_container(source, resolve=True) if isinstance(source, DictConfig) else None)
     run_dir = OmegaConf.select(config, "hydra.run.dir")
     if run_dir:
         run_dir = Path(os.path.abspath(str(run_dir)))
@@ -94,7 +98,7 @@ def check_run(config: DictConfig) -> None:
 
 
 def _refuse_changed_config(run_dir: Path, config: DictConfig) -> None:
-    recorded = recorded_config(run_dir)
+    recorded = with_protocol_defaults(recorded_config(run_dir))  # recorded before protocols: protocol=hide
     if recorded is None:
         return
     new = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -261,6 +265,10 @@ def check_data(source: dict[str, Any]) -> None:
     root = os.path.expanduser(root)
     if target == "norga.data.digits.load_digits":
         return  # shipped inside scikit-learn
+    from norga.data import catalog
+
+    if catalog.check_files(source):  # the benchmarks of norga.data.catalog (and CUB in either layout)
+        return
     from norga.data import cifar, cub, five_datasets, imagenet_r
     from norga.data.errors import DatasetNotFoundError, combine
 

@@ -325,3 +325,22 @@ def snapshot(root: str | os.PathLike) -> dict[str, tuple[int, int]]:
             st = os.stat(path)
             out[os.path.relpath(path, root)] = (st.st_mtime_ns, st.st_size)
     return out
+
+
+def make_split_folders(
+    root: str | os.PathLike, folder: str = "imagenet-a", num_classes: int = 4, n_train: int = 3, n_test: int = 2,
+    class_names: list[str] | None = None, uneven: bool = False,
+) -> Path:
+    """``<root>/<folder>/{train,test}/<class>/*.jpg``, the layout of the LAMDA family's pre-split archives
+    (ImageNet-A, ObjectNet, OmniBenchmark, VTAB, CUB, ImageNet-R). Class folders are ``n0000000k`` unless
+    ``class_names``; ``uneven``: class k has ``n_test + k`` test images (tasks of unequal test size)."""
+    base = Path(root) / folder
+    rng = np.random.default_rng(2)
+    names = class_names or [wnid(k) for k in range(num_classes)]
+    for k, name in enumerate(names):
+        for split, n in (("train", n_train), ("test", n_test + (k if uneven else 0))):
+            (base / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, size=(18, 22, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(base / split / name / f"{name}_{i}.jpg", quality=80)
+    return base

@@ -131,7 +131,8 @@ def compose(name, **paths):
 
 
 def test_dataset_yamls_have_the_same_shape():
-    expected_tasks = {"digits": 5, "cifar100": 10, "imr": 10, "cub": 10, "five_datasets": 5}
+    expected_tasks = {"digits": 5, "cifar100": 10, "imr": 10, "cub": 10, "five_datasets": 5, "imagenet_a": 10,
+                      "objectnet": 20, "omnibenchmark": 10, "vtab": 5, "domainnet": 5}
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
     assert set(expected_tasks) <= set(names)
     for name in names:

@@ -31,12 +31,17 @@ PAPER_ROWS = {("cifar100", b) for b in BACKBONES} | {("imr", b) for b in BACKBON
     | {(d, b) for d in ("cub", "five_datasets") for b in ("sup21k", "ibot21k")}
 METHODS = ("l2p", "dualprompt", "sprompt", "coda", "hide", "norga", "simplecil", "ranpac")
 JOBS = {"paper_grid": 60, "paper_cifar100": 30, "paper_imr": 30, "paper_cub": 12, "paper_five_datasets": 12,
-        "gate_ablation": 12, "seeds": 3, "methods": len(METHODS) * 3, "joint": len(METHODS)}
+        "gate_ablation": 12, "seeds": 3, "methods": len(METHODS) * 3, "joint": len(METHODS),
+        "paper_table": 2 * 3 * 6 * 3, "pilot_table": 6 * 4}
+PILOT_DATASETS = ("cub", "imr", "imagenet_a", "objectnet", "omnibenchmark", "vtab")
+AUGREG = ("augreg_in21k", "augreg_in21k_ft_in1k", "augreg2_in21k_ft_in1k")
 
 # The minimal stand-in: the groups of the real config with the options the sweeps use.
 GROUPS = {
-    "dataset": {"digits": 5, "cifar100": 10, "imr": 10, "cub": 10, "five_datasets": 5},
-    "backbone": {name: None for name in ("tiny", *BACKBONES)},
+    "dataset": {"digits": 5, "cifar100": 10, "imr": 10, "cub": 10, "five_datasets": 5, "imagenet_a": 10,
+                "objectnet": 20, "omnibenchmark": 10, "vtab": 5},
+    "protocol": {"hide": None, "pilot": None},
+    "backbone": {name: None for name in ("tiny", *BACKBONES, *AUGREG)},
     "method": {m: "tanh" if m == "norga" else None for m in METHODS},
     "bound": {"joint": None},
     "gate": {name: None for name in ("linear", "tanh", "sigmoid", "gelu")},
@@ -48,6 +53,7 @@ MINIMAL_CONFIG = """\
 defaults:
   - _self_
   - dataset: digits
+  - protocol: hide
   - backbone: tiny
   - method: norga
   - optimizer: adam
@@ -72,8 +78,8 @@ def _option_yaml(group: str, name: str, extra) -> str:
         return f"name: {name}\ngate: {extra or 'null'}\nprompt_length: 5\n"
     if group == "gate":
         return f"# @package method\ngate: {name}\n"
-    if group == "bound":
-        return f"# @package _global_\nbound: {name}\n"
+    if group in ("bound", "protocol"):
+        return f"# @package _global_\n{group}: {name}\n"
     if group == "optimizer":
         return "lr: 0.03\n"
     if group == "logger":
@@ -160,6 +166,23 @@ def test_paper_sweeps_cover_the_paper_rows_once():
                    for job in _jobs(_sweep_params(CONF / "sweep" / f"{name}.yaml"))]
     grid = _jobs(_sweep_params(CONF / "sweep" / "paper_grid.yaml"))
     assert sorted(map(sorted, per_dataset)) == sorted(map(sorted, grid))
+
+
+def test_table_sweeps_rebuild_the_nogra_and_pilot_tables():
+    """paper_table: Table 1's six methods x CIFAR-100/ImageNet-R x its three backbones x seeds 40/42/44 under
+    HiDe's protocol; pilot_table: the EASE/MOS rows of the methods norga has, PILOT's protocol, seed 1993, each
+    row with its preset (the split of the published table)."""
+    table = _jobs(_sweep_params(CONF / "sweep" / "paper_table.yaml"))
+    rows = {tuple(dict(o.split("=", 1) for o in job)[k] for k in ("protocol", "dataset", "backbone", "method", "seed"))
+            for job in table}
+    assert rows == {("hide", d, b, m, s) for d in ("cifar100", "imr") for b in ("sup21k", "ibot21k", "ibot")
+                    for m in ("l2p", "dualprompt", "sprompt", "coda", "hide", "norga") for s in ("40", "42", "44")}
+    pilot = [dict(o.split("=", 1) for o in job) for job in _jobs(_sweep_params(CONF / "sweep" / "pilot_table.yaml"))]
+    assert {j["protocol"] for j in pilot} == {"pilot"} and {j["seed"] for j in pilot} == {"1993"}
+    assert {j["dataset"] for j in pilot} == set(PILOT_DATASETS)
+    missing = [f"{j['dataset']}_{j['backbone']}_{j['method']}" for j in pilot
+               if not (CONF / "preset" / f"{j['dataset']}_{j['backbone']}_{j['method']}.yaml").is_file()]
+    assert not missing, f"PILOT rows without a preset: {missing}"
 
 
 def test_methods_sweep_runs_every_method_on_the_paper_seeds_and_joint_their_bounds():

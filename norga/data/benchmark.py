@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -10,7 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from norga.errors import NorgaError
+
 from .errors import DatasetFileError, DatasetNotFoundError
+from .protocol import class_order as make_class_order
+from .protocol import order_label, split_name, task_sizes
 from .source import ImageSource, SourcePair
 from .transforms import TRANSFORM_KINDS, build_transform
 
@@ -60,21 +63,22 @@ class SourceDataset(Dataset):
 
 
 class Benchmark:
-    """Class-incremental split of one dataset into ``num_tasks`` tasks of equal class count.
+    """Class-incremental split of one dataset into tasks.
 
-    Class order: ``range(C)``, shuffled with ``random.Random(seed).shuffle`` (as the reference does) when
-    ``shuffle``, or with ``class_order="numpy_1993"`` permuted by ``numpy.random.RandomState(1993)`` whatever the
-    seed (the PILOT family's order: SimpleCIL, RanPAC); task t gets the t-th consecutive group of
-    ``C // num_tasks`` classes. Labels are the dataset's own class ids, not remapped (one head covers all C
-    classes).
+    Class order (:mod:`norga.data.protocol`): ``range(C)``, shuffled when ``shuffle`` with
+    ``random.Random(seed).shuffle`` (``class_order="seeded"``, as the prompt methods' reference does) or permuted
+    by ``numpy.random.RandomState(1993)`` whatever the seed (``"numpy_1993"``, the PILOT family's). Task t gets
+    the t-th consecutive group of classes: ``num_tasks`` equal groups, or PILOT's ``B{init}Inc{inc}`` sizes when
+    ``increment`` is given. Labels are the dataset's own class ids, not remapped (one head covers all C classes).
     ``mean``/``std`` reach only the transform kinds that take them (see ``build_transform``);
-    ``transform_as`` maps a transform kind to the kind used in its place (``{"cifar100": "default"}``).
+    ``transform_as`` maps a transform kind to the kind used in its place (``{"cifar100": "default"}``);
+    ``normalize`` (``recipe``, ``none``, ``backbone``) chooses each family's normalisation.
     """
 
     def __init__(
         self,
         pair: SourcePair,
-        num_tasks: int,
+        num_tasks: int | None,
         seed: int,
         shuffle: bool = True,
         input_size: int = 224,
@@ -82,38 +86,28 @@ class Benchmark:
         std: Sequence[float] | None = None,
         class_order: str = "seeded",
         transform_as: Mapping[str, str] | None = None,
+        init_classes: int | None = None,
+        increment: int | None = None,
+        normalize: str = "recipe",
     ):
         self.train_source, self.test_source = pair.train, pair.test
         self.classes = list(pair.train.classes)
         self.num_classes = len(self.classes)
-        self.num_tasks = int(num_tasks)
-        if self.num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        if self.num_classes % self.num_tasks:
-            raise ValueError(
-                f"{self.num_classes} classes cannot be split into {self.num_tasks} tasks of equal size "
-                f"({self.num_classes} % {self.num_tasks} = {self.num_classes % self.num_tasks}); "
-                "choose num_tasks dividing the class count"
-            )
+        self.task_sizes = task_sizes(self.num_classes, num_tasks, init_classes, increment)
+        self.num_tasks = len(self.task_sizes)
+        self.split_name = split_name(self.task_sizes)
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.input_size = int(input_size)
         self.mean, self.std = mean, std
+        self.normalize = normalize
 
         self.transform_as = _check_transform_as(transform_as or {})
-        if class_order not in ("seeded", "numpy_1993"):
-            raise ValueError(f"dataset.class_order must be seeded or numpy_1993, got {class_order!r}")
-        order = list(range(self.num_classes))
-        if self.shuffle and class_order == "numpy_1993":
-            # PILOT's data manager: np.random.seed(1993); np.random.permutation(C) (legacy MT19937)
-            order = np.random.RandomState(1993).permutation(self.num_classes).tolist()
-        elif self.shuffle:
-            # The reference seeds Python's random with the run seed and shuffles list(range(C)) before any
-            # other draw: the same call gives the same class order, so per-seed results are comparable.
-            random.Random(self.seed).shuffle(order)
-        self.class_order = order
-        self.classes_per_task = self.num_classes // self.num_tasks
-        k = self.classes_per_task
-        self.task_classes = [self.class_order[t * k: (t + 1) * k] for t in range(self.num_tasks)]
+        self.class_order = make_class_order(self.num_classes, class_order, self.seed, self.shuffle)
+        self.order_label = order_label(class_order, self.seed, self.shuffle)
+        # equal tasks: the class count of each; B{init}Inc{inc}: of the tasks after the first
+        self.classes_per_task = self.task_sizes[-1] if len(set(self.task_sizes)) == 1 else self.task_sizes[0]
+        starts = np.cumsum([0, *self.task_sizes])
+        self.task_classes = [self.class_order[starts[t]: starts[t + 1]] for t in range(self.num_tasks)]
         self.class_to_task = np.empty(self.num_classes, dtype=np.int64)
         for t, cs in enumerate(self.task_classes):
             self.class_to_task[cs] = t
@@ -153,7 +147,8 @@ class Benchmark:
         """The (cached) transform of one kind, train or eval."""
         key = (kind, bool(train))
         if key not in self._transforms:
-            self._transforms[key] = build_transform(kind, self.input_size, train, self.mean, self.std)
+            self._transforms[key] = build_transform(kind, self.input_size, train, self.mean, self.std,
+                                                    normalize=self.normalize)
         return self._transforms[key]
 
     def _subset(self, source: ImageSource, classes: Iterable[int], train: bool) -> SourceDataset:
@@ -169,8 +164,8 @@ class Benchmark:
 
     def __repr__(self) -> str:
         return (
-            f"Benchmark(classes={self.num_classes}, tasks={self.num_tasks}, seed={self.seed}, "
-            f"shuffle={self.shuffle}, train={len(self.train_source)}, test={len(self.test_source)})"
+            f"Benchmark(classes={self.num_classes}, tasks={self.num_tasks} ({self.split_name}), "
+            f"order={self.order_label}, train={len(self.train_source)}, test={len(self.test_source)})"
         )
 
 
@@ -198,14 +193,15 @@ def build_benchmark(
         # Hydra wraps whatever the loader raised; a missing or damaged dataset should surface as itself, with
         # its message on what to put where, not as an InstantiationException.
         cause = err
-        while cause is not None and not isinstance(cause, DatasetNotFoundError | DatasetFileError):
+        while cause is not None and not isinstance(cause, DatasetNotFoundError | DatasetFileError | NorgaError):
             cause = cause.__cause__
         if cause is None:
             raise
         raise cause from None
     if not isinstance(pair, SourcePair):
         raise TypeError(f"dataset.source must build a SourcePair, got {type(pair).__name__}")
-    return Benchmark(
+    get = dataset_cfg.get  # the protocol's keys (norga.data.protocol); absent in configs made before them
+    benchmark = Benchmark(
         pair,
         num_tasks=dataset_cfg.num_tasks,
         seed=seed,
@@ -213,6 +209,23 @@ def build_benchmark(
         input_size=input_size,
         mean=mean,
         std=std,
-        class_order=dataset_cfg.get("class_order", "seeded"),
-        transform_as=dataset_cfg.get("transform_as"),
+        class_order=get("class_order", "seeded"),
+        transform_as=get("transform_as"),
+        init_classes=get("init_classes"),
+        increment=get("increment"),
+        normalize=get("normalize", "recipe"),
     )
+    benchmark.data_split = getattr(pair, "split", "")
+    log_counts(get("name", "?"), pair, benchmark)
+    return benchmark
+
+
+def log_counts(name: str, pair: SourcePair, benchmark: Benchmark) -> None:
+    """Every run's log says how many images each split holds: the check against a partly unpacked folder."""
+    import logging
+
+    split = f", split {pair.split}" if getattr(pair, "split", "") else ""
+    logging.getLogger("norga").info(
+        "dataset %s: %d classes, train %d images, test %d images%s; %d tasks (%s), class order %s",
+        name, benchmark.num_classes, len(pair.train), len(pair.test), split, benchmark.num_tasks,
+        benchmark.split_name, benchmark.order_label)

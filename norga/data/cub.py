@@ -8,8 +8,10 @@ import os
 
 import numpy as np
 
+from .cub_pilot import CUB_PILOT, choose_layout
 from .errors import DatasetFileError, dataset_file_error, dataset_not_found
 from .source import FileSource, SourcePair
+from .split_folder import load_split_folders
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ _TREE = f"""{FOLDER}/
   classes.txt             <class id> <name>
   images/001.Black_footed_Albatross/*.jpg ...
   (or train/ and test/ in place of images/, with the same class folders: the reference code moves the
-  images there by the official split)"""
+  images there by the official split)
+or PILOT's pre-split copy (cub.zip): cub/train/<class>/*.jpg and cub/test/<class>/*.jpg"""
 _FORMAT = {  # what each index file holds, for error messages
     "images.txt": "'<image id> <path under images/>' lines",
     "train_test_split.txt": "'<image id> <1 = train, 0 = test>' lines",
@@ -76,12 +79,18 @@ def locate_cub(root: str) -> str:
     return base
 
 
-def load_cub200(root: str, download: bool = False) -> SourcePair:
+def load_cub200(root: str, download: bool = False, layout: str = "auto", verify: bool = False) -> SourcePair:
     """CUB-200-2011 with its official train/test split; class ids are the file's 1-based ids minus one.
 
-    There is no checksummed downloader for it, so ``download`` changes nothing.
+    ``layout``: ``official`` (``CUB_200_2011/``), ``pilot`` (``cub/{train,test}/<class>/``, PILOT's
+    ``cub.zip``, :mod:`norga.data.cub_pilot`; ``verify`` checks ``<root>/cub.zip``'s MD5), or ``auto`` (the
+    official folder when there, else PILOT's). There is no checksummed downloader, so ``download`` changes
+    nothing.
     """
     root = os.path.expanduser(os.fspath(root))
+    if choose_layout(layout, root, FOLDER) == "pilot":
+        log.info("CUB-200: reading PILOT's pre-split copy (cub/train, cub/test), not the official split")
+        return load_split_folders(CUB_PILOT, root, verify)
     base = locate_cub(root)
     files = {name: os.path.join(base, name) for name in _INDEX_FILES}
     index = {name: _read_index(path) for name, path in files.items()}
@@ -126,4 +135,5 @@ def load_cub200(root: str, download: bool = False) -> SourcePair:
     return SourcePair(
         FileSource(list(paths_arr[train]), y[train], classes, "default"),
         FileSource(list(paths_arr[~train]), y[~train], classes, "default"),
+        split="official",
     )

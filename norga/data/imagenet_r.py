@@ -21,15 +21,23 @@ import numpy as np
 
 from .errors import dataset_not_found
 from .source import FileSource, SourcePair
+from .split_folder import SplitFolderDataset, verify_archive
 
 log = logging.getLogger(__name__)
+IMR_PILOT = SplitFolderDataset(
+    name="ImageNet-R (PILOT's split)", folders=("imagenet-r",), source="imagenet-r.zip (link: LAMDA-PILOT README)",
+    license="research use", archive="imagenet-r.zip", md5="730aa3fb9c7d2ec0b6381c6b23040681")
+IMR_TAR = SplitFolderDataset(name="ImageNet-R", folders=("imagenet-r",), source="imagenet-r.tar",
+                             license="research use", archive="imagenet-r.tar", md5=None)
 
 FOLDER = "imagenet-r"
 SPLIT_SEED = 1993  # a constant, not the run seed: every machine and every run gets the same split
 SPLIT_VERSION = 1  # bump when the splitting rule changes, so old cache files are not reused
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar (unpack it inside root)"
-_TREE = f"{FOLDER}/\n  n01443537/ *.jpg\n  n01484850/\n  ... (200 class folders)"
+_TREE = (f"{FOLDER}/\n  n01443537/ *.jpg\n  n01484850/\n  ... (200 class folders)\n"
+         f"or a pre-split copy: {FOLDER}/train/<wnid>/*.jpg and {FOLDER}/test/<wnid>/*.jpg (PILOT's imagenet-r.zip, "
+         "md5 730aa3fb9c7d2ec0b6381c6b23040681, read with its split)")
 
 
 def default_cache_dir() -> str:
@@ -158,6 +166,7 @@ def load_imagenet_r(
     cache_dir: str | os.PathLike | None = None,
     train_fraction: float = 0.8,
     expected_classes: int | None = None,
+    verify: bool = False,
 ) -> SourcePair:
     """ImageNet-R from ``<root>/imagenet-r/<wnid>/*`` (or ``imagenet-r/{train,test}/<wnid>/*``, the reference
     code's split, used as it is): class ids follow the sorted folder names.
@@ -171,6 +180,8 @@ def load_imagenet_r(
     cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
     _check_outside(cache_dir, root)
     premade = _premade_split(base)
+    if verify:  # the pre-split archive's MD5 (PILOT's imagenet-r.zip); the .tar has none published
+        verify_archive(IMR_PILOT if premade is not None else IMR_TAR, root)
     if premade is not None:
         classes, split = premade
         # A warning: results on the reference code's random split are not comparable with norga's split.
@@ -195,4 +206,6 @@ def load_imagenet_r(
             "default",
         )
 
-    return SourcePair(source(split["train"]), source(split["test"]))
+    # split ids of result labels: a pre-split copy (PILOT's imagenet-r.zip, or HiDe's moved files) or norga's
+    return SourcePair(source(split["train"]), source(split["test"]),
+                      split="train-test-folders" if premade is not None else "norga-stratified")

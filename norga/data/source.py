@@ -154,10 +154,12 @@ class ConcatSource(ImageSource):
 
 @dataclass(frozen=True)
 class SourcePair:
-    """The train and test splits of one dataset (same classes)."""
+    """The train and test splits of one dataset (same classes); ``split`` names which train/test split it is
+    where a dataset has several (e.g. ``pilot-zip``), for result labels."""
 
     train: ImageSource
     test: ImageSource
+    split: str = ""
 
     def __post_init__(self) -> None:
         if self.train.classes != self.test.classes:

@@ -63,12 +63,16 @@ _KINDS: dict[str, Callable[[int, bool, Sequence[float] | None, Sequence[float] |
 TRANSFORM_KINDS = tuple(_KINDS)
 
 
+NORMALIZE = ("recipe", "none", "backbone")
+
+
 def build_transform(
     kind: str,
     input_size: int,
     train: bool,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    normalize: str = "recipe",
 ) -> T.Compose:
     """PIL image -> float tensor (3, input_size, input_size) for one transform family.
 
@@ -76,10 +80,23 @@ def build_transform(
     ``default``: the paper's transform for ImageNet-R, CUB and 5-Datasets (no normalisation).
     ``digits``: for the embedded 8x8 digits; normalised with ``mean``/``std`` (the backbone's) when given.
     ``mean``/``std`` are ignored by the two paper families, whose normalisation is part of the recipe.
+
+    ``normalize``: ``recipe`` keeps each family's own,
+    ``none`` drops every ``Normalize`` (inputs in [0, 1]), ``backbone`` normalises every family with
+    ``mean``/``std``.
     """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"dataset.normalize={normalize!r} is not an option; choose one of {', '.join(NORMALIZE)}")
     try:
         make = _KINDS[kind]
     except KeyError:
         known = ", ".join(TRANSFORM_KINDS)
         raise ValueError(f"unknown transform kind {kind!r}; known kinds: {known}") from None
-    return T.Compose(make(int(input_size), bool(train), mean, std))
+    ops = make(int(input_size), bool(train), mean, std)
+    if normalize != "recipe":
+        ops = [op for op in ops if not isinstance(op, T.Normalize)]
+        if normalize == "backbone":
+            if mean is None or std is None:
+                raise ValueError("dataset.normalize=backbone needs the backbone's mean and std")
+            ops.append(T.Normalize(tuple(mean), tuple(std)))
+    return T.Compose(ops)

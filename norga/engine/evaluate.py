@@ -121,6 +121,10 @@ class Evaluator:
             result.tasks.append(score(learner, task, upto_task))
         return result
 
+    def test_count(self, task: int) -> int:
+        """The number of test images an evaluation of ``task`` scores."""
+        return len(self._test_set(task))
+
     def _test_set(self, task: int):
         dataset = self.benchmark.test_set(task)
         if self.max_samples is not None and len(dataset) > self.max_samples:

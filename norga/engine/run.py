@@ -29,6 +29,7 @@ from norga.engine.faults import maybe_crash
 from norga.engine.logging import NullLogger, progress_bars
 from norga.engine.metrics_file import MetricsFile
 from norga.engine.options import refuse_untaken_options
+from norga.engine.protocol_record import protocol_record
 from norga.engine.results import RunResults
 from norga.engine.run_dir import accept_run_dir, open_record
 from norga.engine.seeding import seed_everything
@@ -200,6 +201,7 @@ class ContinualRun:
         """``metrics.json`` as it stands: what was run, what was measured, counters and the config."""
         return {**self.metrics_file.description(finished), "num_tasks": self.benchmark.num_tasks,
                 **self.results.metrics(),
+                **protocol_record(self.cfg, self.benchmark, self.acc, self.evaluator.test_count),
                 "vit_passes": round(self.evaluator.vit_passes, 4),
                 "prompt_changes": self.evaluator.prompt_changes,
                 "wall_time_s": round(self.clock.total, 2),
@@ -285,7 +287,8 @@ class ContinualRun:
                                  if metrics.get(k) is not None})
             tii = "" if metrics["tii_acc"] is None else f" | TII {metrics['tii_acc']:.2f}"
             done = (f"done: FA {metrics['final_avg_acc']:.2f} | CA {metrics['cum_avg_acc']:.2f} | FFM "
-                    f"{metrics['forgetting']:.2f}{tii} | {round(metrics['vit_passes'])} ViT passes over test sets "
+                    f"{metrics['forgetting']:.2f}{tii} | pooled A_B {metrics['acc_last_pooled']:.2f} Ā "
+                    f"{metrics['acc_avg_pooled']:.2f} | {round(metrics['vit_passes'])} ViT passes over test sets "
                     f"| {metrics['wall_time_s']:.0f}s | {self.run_dir / 'metrics.json'}")
             exit_code = 0
             return metrics

@@ -8,6 +8,7 @@ from pathlib import Path
 from norga.engine import record
 from norga.engine.checkpoint import load_checkpoint
 from norga.engine.distributed import DistInfo, broadcast_object
+from norga.engine.protocol_record import with_protocol_defaults
 from norga.errors import NorgaError, RunRefusedError
 
 
@@ -38,6 +39,7 @@ def _check(run_dir: Path, resume: bool, config: dict) -> dict | None:
     last = run_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(last) if last.is_file() else None
     recorded = state["config"] if state is not None else record.recorded_config(run_dir)
+    recorded = with_protocol_defaults(recorded)  # a run recorded before protocols was protocol=hide
     record.refuse_changed_config(run_dir, recorded, config)
     return state
 

@@ -27,6 +27,7 @@ from norga.report.model import (
     Run,
     Unfinished,
 )
+from norga.report_protocols import protocol_labels
 
 # Task overrides (from .hydra/overrides.yaml) that do not make a run a different experiment: the row's own
 # keys and bookkeeping. Anything else (optimizer.lr=..., debug=..., method.prompt_length=...) starts a
@@ -219,7 +220,8 @@ def load_run(run_dir: Path) -> Run | Failed | Refused | Unfinished:
         if values[key] is None:
             values[key] = value
     key = GroupKey(info["dataset"], info["backbone"], info["method"], _gate(info.get("gate")), total,
-                   info.get("variant", ""), _bound(info.get("bound")), fidelity_of_record(data))
+                   info.get("variant", ""), _bound(info.get("bound")), fidelity_of_record(data),
+                   *protocol_labels(data))
     seed = info.get("seed") if isinstance(info.get("seed"), int) else None
     matrix = [[float(x) for x in row] for row in acc]
     return Run(run_dir, key, seed, values, matrix, metrics_file.stat().st_mtime)

@@ -49,6 +49,9 @@ class GroupKey:
     variant: str = ""  # sorted extra task overrides, "" when none
     bound: str = ""  # "" for a continual run, "joint" for the all-classes-at-once upper bound
     fidelity: str = CORRECTED  # norga.fidelity: corrected, or reference (labelled)
+    # the protocol's labels (norga.report_protocols): "" for runs recorded before protocols
+    protocol: str = ""
+    split: str = ""  # <data split>/<B{init}Inc{inc}>/<class order>
 
     @property
     def method_label(self) -> str:
@@ -58,12 +61,14 @@ class GroupKey:
     @property
     def label(self) -> str:
         text = f"{self.dataset}/{self.backbone}/{self.method_label}/{self.gate} T={self.num_tasks}"
+        if self.protocol not in ("", "hide"):
+            text += f" {self.protocol} {self.split}"
         return f"{text} [{self.variant}]" if self.variant else text
 
     def sort_key(self) -> tuple:
         """The paper's order: bounds after continual rows, then by method, then dataset and backbone."""
         return (self.bound != "", self.bound, _method_rank(self.method), self.method, self.fidelity, self.dataset,
-                self.backbone, self.gate, self.num_tasks, self.variant)
+                self.backbone, self.gate, self.num_tasks, self.variant, self.protocol, self.split)
 
     @property
     def file_stem(self) -> str:
@@ -74,6 +79,8 @@ class GroupKey:
         stem = f"{stem}_T{self.num_tasks}"
         if self.variant:  # overrides can be long or hold '/', a hash keeps the name short and unique
             stem += "_v" + hashlib.sha1(self.variant.encode()).hexdigest()[:8]
+        if self.protocol not in ("", "hide"):  # rows of two protocols never share a plot file
+            stem += f"_{self.protocol}_" + hashlib.sha1(self.split.encode()).hexdigest()[:8]
         return stem
 
 

@@ -10,6 +10,7 @@ from norga import paper_results
 from norga.fidelity import CORRECTED
 from norga.report.loading import joint_reference
 from norga.report.model import METRICS, NA, NO_GATE, PAPER_METRICS, STD_NOTE, Group, GroupKey, Refused, Report
+from norga.report_protocols import protocol_section
 
 # ------------------------------------------------------------------------------------------------- tables
 
@@ -35,7 +36,7 @@ def _fmt_diff(value: float | None) -> str:
 
 def _published(key: GroupKey) -> dict[str, paper_results.Published | None]:
     """Published numbers matching a row; all None for bounds and for splits other than the paper's."""
-    if key.bound or key.num_tasks != paper_results.PAPER_NUM_TASKS:
+    if key.bound or key.num_tasks != paper_results.PAPER_NUM_TASKS or key.protocol not in ("", "hide"):
         return {"FA": None, "CA": None, "FFM": None, "gate FA": None}
     gate = None if key.gate == NO_GATE else key.gate
     found: dict[str, paper_results.Published | None] = {
@@ -185,6 +186,7 @@ def render_markdown(report: Report, paper: bool) -> str:
     groups = report.groups
     parts = ["## Results", "", caption(paper, _has_joint(groups)), ""]
     parts.append(_md_table(*markdown_rows(groups, paper)) if groups else "No finished runs.")
+    parts += protocol_section(groups, paper)  # rows labelled by protocol, split and backbone tag
     if report.duplicates:
         parts += ["", "## Duplicate seeds", "",
                   "A seed finished more than once in a row: only its newest run (metrics.json time) is used.",
