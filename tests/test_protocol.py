@@ -132,7 +132,7 @@ def test_a_run_recorded_before_protocols_resumes_as_hide():
     """A resume compares configs: keys a run recorded before protocols never had take their hide values."""
     from omegaconf import OmegaConf
 
-    from norga.engine.protocol_record import with_protocol_defaults
+    from norga.data.protocol import with_protocol_defaults
     from norga.engine.record import config_differences
 
     new = OmegaConf.to_container(_compose("dataset=cub", "paths.data_dir=/data"), resolve=True)

@@ -17,7 +17,7 @@ def run_label(dataset: str, data_split: str, order: str, split: str, backbone: s
 def protocol_record(cfg: Any, benchmark: Any, acc: list[list[float]], test_count: Any) -> dict[str, Any]:
     """The protocol's entries of ``metrics.json``; ``test_count(task)`` is the number of test images the
     evaluation of ``task`` scores (after ``eval.max_samples_per_task``)."""
-    protocol = str(cfg.get("protocol") or "hide")
+    protocol = str(cfg.protocol)  # conf/config.yaml always sets one (its default protocol)
     data_split = getattr(benchmark, "data_split", "") or ""
     out: dict[str, Any] = {
         "protocol": protocol,
@@ -35,27 +35,4 @@ def protocol_record(cfg: Any, benchmark: Any, acc: list[list[float]], test_count
         out["label"] += "/license-accepted"
     if acc:
         out.update(four_accuracies(acc, out["test_counts"]))
-    return out
-
-
-# What a config recorded before protocols existed meant: HiDe's protocol, as every run did then.
-_DATASET_DEFAULTS = {"class_order": "seeded", "transform_as": {}, "init_classes": None, "increment": None,
-                     "normalize": "recipe", "verify": False, "accept_license": False}
-_SOURCE_DEFAULTS = {"norga.data.cub.load_cub200": {"layout": "auto", "verify": False},
-                    "norga.data.imagenet_r.load_imagenet_r": {"verify": False}}
-
-
-def with_protocol_defaults(recorded: dict | None) -> dict | None:
-    """A resolved config recorded before the protocol keys existed, with the values those keys take for the
-    same run today (``protocol=hide``), so that resuming such a run is not refused for keys it never had."""
-    if not isinstance(recorded, dict) or "protocol" in recorded:
-        return recorded
-    out = {**recorded, "protocol": "hide"}
-    dataset = recorded.get("dataset")
-    if isinstance(dataset, dict):
-        dataset = {**_DATASET_DEFAULTS, **dataset}
-        source = dataset.get("source")
-        if isinstance(source, dict):
-            dataset["source"] = {**_SOURCE_DEFAULTS.get(source.get("_target_"), {}), **source}
-        out["dataset"] = dataset
     return out

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from norga.data.protocol import with_protocol_defaults
 from norga.engine import record
 from norga.engine.checkpoint import load_checkpoint
 from norga.engine.distributed import DistInfo, broadcast_object
-from norga.engine.protocol_record import with_protocol_defaults
 from norga.errors import NorgaError, RunRefusedError
 
 
@@ -39,7 +39,7 @@ def _check(run_dir: Path, resume: bool, config: dict) -> dict | None:
     last = run_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(last) if last.is_file() else None
     recorded = state["config"] if state is not None else record.recorded_config(run_dir)
-    recorded = with_protocol_defaults(recorded)  # a run recorded before protocols was protocol=hide
+    recorded = with_protocol_defaults(recorded)  # a run recorded before protocol keys existed
     record.refuse_changed_config(run_dir, recorded, config)
     return state
 
