@@ -11,6 +11,7 @@ from norga.engine.evaluate import batchwise_majority, majority_selection
 from norga.engine.run import ContinualRun
 from norga.models.keys import PromptKeys
 from norga.models.prompts import PromptPool
+from norga.runner import start
 from tests.learning import compose_cfg
 
 BASELINES = ["l2p", "dualprompt", "sprompt"]
@@ -208,8 +209,9 @@ def test_reference_layout_keeps_the_similarity_order_of_a_top_2_selection(tmp_pa
     ("sprompt", ["method.pool_size=1"], "1 is too small for method.prompt_mask=true, which trains prompts"),
 ])
 def test_bad_settings_name_the_key(method, overrides, message, tmp_path):
+    # as a run starts (norga.runner): the config's own rules first, then what only the built model can check
     with pytest.raises(ValueError, match=message):
-        build(tmp_path, method, overrides)
+        start(compose_cfg([f"method={method}", *overrides]), tmp_path)
 
 
 def test_match_seen_keys_restricts_selection_to_seen_tasks(tmp_path):
