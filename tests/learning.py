@@ -21,6 +21,21 @@ from norga.config import register
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
+
+def preset_row(stem: str) -> tuple[str, str, str]:
+    """``(dataset, backbone, method)`` of ``conf/preset/<stem>.yaml``: names may hold underscores
+    (``imagenet_a_augreg_in21k_coda``), so the stem is matched against the option files of each group."""
+    options = {g: sorted((p.stem for p in (ROOT / "conf" / g).glob("*.yaml")), key=len, reverse=True)
+               for g in ("dataset", "backbone", "method")}
+    for method in options["method"]:
+        if not stem.endswith("_" + method):
+            continue
+        rest = stem[: -len(method) - 1]
+        for backbone in options["backbone"]:
+            if rest.endswith("_" + backbone) and rest[: -len(backbone) - 1] in options["dataset"]:
+                return rest[: -len(backbone) - 1], backbone, method
+    raise ValueError(f"conf/preset/{stem}.yaml names no <dataset>_<backbone>_<method> of conf/")
+
 # Overrides of the embedded default for every method (the logger is chosen by the caller: ``logger=none``
 # unless it says), then each method's own (``method_overrides``).
 LEARN = ["progress=false", "device=cpu", "dataset.num_tasks=2", "dataset.source.train_fraction=0.25",

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from norga.config import register, validate
 from norga.report import main as report
+from tests.learning import preset_row
 from tests.test_report import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_reference_composes_for_every_preset_row_and_sets_what_the_docs_list():
     diffed = set()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for preset in PRESETS:
-            dataset, backbone, method = preset.rsplit("_", 2)
+            dataset, backbone, method = preset_row(preset)
             row = [f"dataset={dataset}", f"backbone={backbone}", f"method={method}"]
             reference = compose(config_name="config", overrides=[*row, "fidelity=reference"])
             validate(reference)

