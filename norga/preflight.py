@@ -37,12 +37,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from norga.config import config_problems, explain_compose_error, problem_lines, validate
-from norga.data.protocol import with_protocol_defaults
 from norga.engine.record import recorded_config, refuse_changed_config, refuse_new_run
 from norga.engine.threads import SWEEP_JOBS_ENV
 from norga.errors import NorgaError, print_error, show_traceback
 from norga.licences import check_terms
 from norga.output_dirs import check_writable
+from norga.protocol_defaults import with_protocol_defaults
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +98,12 @@ def test_no_module_is_over_about_400_lines():
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     over = {name: n for name, n in sizes.items() if n > LINE_LIMIT}
     assert not over, f"split these by concern (limit {LINE_LIMIT} lines): {over}"
+
+
+def test_checking_a_config_imports_no_torch():
+    """A refused config must be refused in about a second: the modules that compose, validate and preflight a
+    run (and print the help page) load neither torch nor torchvision (a second or more to import)."""
+    code = ("import sys, norga.config, norga.preflight, norga.help, norga.protocol_defaults; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

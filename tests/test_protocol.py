@@ -132,8 +132,8 @@ def test_a_run_recorded_before_protocols_resumes_as_hide():
     """A resume compares configs: keys a run recorded before protocols never had take their hide values."""
     from omegaconf import OmegaConf
 
-    from norga.data.protocol import with_protocol_defaults
     from norga.engine.record import config_differences
+    from norga.protocol_defaults import with_protocol_defaults
 
     new = OmegaConf.to_container(_compose("dataset=cub", "paths.data_dir=/data"), resolve=True)
     old = {k: v for k, v in new.items() if k != "protocol"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from norga.data.protocol import with_protocol_defaults
 from norga.engine import record
 from norga.engine.checkpoint import load_checkpoint
 from norga.engine.distributed import DistInfo, broadcast_object
 from norga.errors import NorgaError, RunRefusedError
+from norga.protocol_defaults import with_protocol_defaults
 
 
 def accept_run_dir(run_dir: Path, resume: bool, config: dict, dist: DistInfo) -> dict | None:
