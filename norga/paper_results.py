@@ -111,7 +111,3 @@ def benchmark_row(dataset: str, split: str, protocol: str, backbone: str, method
     return {m: table[k] for m in BENCHMARK_METRICS
             if (k := (dataset, split, protocol, backbone, method, m)) in table}
 
-
-def all_benchmark_entries() -> dict[_BenchKey, tuple[Published, str]]:
-    """Every published benchmark number, keyed by (dataset, split, protocol, backbone, method, metric)."""
-    return dict(_benchmark_table())

@@ -4,7 +4,6 @@ preflight reads it before anything is built."""
 
 from __future__ import annotations
 
-# What a config recorded before protocols existed meant: HiDe's protocol, as every run did then.
 _DATASET_DEFAULTS = {"class_order": "seeded", "transform_as": {}, "init_classes": None, "increment": None,
                      "normalize": "recipe", "verify": False, "accept_license": False}
 _SOURCE_DEFAULTS = {"norga.data.cub.load_cub200": {"layout": "auto", "verify": False},
