@@ -3,7 +3,9 @@ method's dataclass, so a misspelt key or a wrong type fails at compose time with
 
 Kept apart from the learners so that composing a config imports no torch. Each ``conf/method/<name>.yaml``
 starts with ``defaults: [/schema/method/<name>@_here_, _self_]``; :func:`norga.config.register` stores every
-dataclass listed in :data:`METHOD_SCHEMAS` under that name. Field metadata ``min``/``max``/``choices`` are
+dataclass listed in :data:`METHOD_SCHEMAS` under that name. The schemas of the first methods are here; a new
+method adds a module to this package (``norga/methods/schemas/<name>.py``, torch-free) that defines
+``SCHEMAS = {"<name>": <dataclass>}``, collected into :data:`METHOD_SCHEMAS` on import. Field metadata ``min``/``max``/``choices`` are
 checked by :func:`norga.config.validate` before anything is built, and so are the rules that relate several
 keys: each schema's ``check(cfg)`` yields ``(key, problem)`` for the composed config ``cfg`` (the whole run's,
 as settings like ``top_k <= pool_size`` depend on ``dataset.num_tasks``). The learners keep their own
@@ -316,3 +318,19 @@ METHOD_SCHEMAS: dict[str, type] = {
     "ranpac": RanPACConfig,
     "coda": CODAConfig,
 }
+
+
+def _collect() -> None:
+    """Add the ``SCHEMAS`` of every module of this package (imported here, after the shared bases exist)."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, schema in getattr(module, "SCHEMAS", {}).items():
+            if name in METHOD_SCHEMAS:
+                raise ValueError(f"{module.__name__} registers the method schema {name!r} twice")
+            METHOD_SCHEMAS[name] = schema
+
+
+_collect()
