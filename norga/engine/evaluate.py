@@ -7,7 +7,9 @@ is only used to score.
 
 What cannot change is computed once: a test set's queries while the learner's ``query_version`` holds, and a
 sample's features under a selection while ``features_version`` of that selection holds (e.g. a finished
-task's prompt). Only what training changes (heads, selection) is re-applied each time. Learners whose features
+task's prompt). A learner with ``features_per_id`` (one ViT pass per adapter, features concatenated) has each
+id's features cached on their own, so a frozen adapter costs one pass per test set per run. Only what training
+changes (heads, selection) is re-applied each time. Learners whose features
 depend on the rest of the batch (the reference prefix layout) set ``eval_cacheable = False`` and are evaluated
 batch by batch, as the reference does.
 """
@@ -71,6 +73,20 @@ def batchwise_majority(selection: torch.Tensor, batch_size: int, ordered: bool =
     for start in range(0, len(selection), batch_size):
         out[start:start + batch_size] = majority_selection(selection[start:start + batch_size], ordered)
     return out
+
+
+def assemble_per_id(selection: torch.Tensor, by_id: dict[int, torch.Tensor]) -> torch.Tensor:
+    """``(n, k * D)``: row ``r`` is the concatenation of ``by_id[i][r]`` for the ids ``i`` of ``selection[r]``."""
+    some = next(iter(by_id.values()))
+    selection = selection.to(some.device)
+    columns = []
+    for col in selection.T:
+        out = some.new_empty(len(col), some.shape[1])
+        for i, feats in by_id.items():
+            mask = col == i
+            out[mask] = feats[mask]
+        columns.append(out)
+    return torch.cat(columns, dim=1)
 
 
 def _rows(selection: torch.Tensor) -> list[tuple[int, ...]]:
@@ -184,6 +200,8 @@ class Evaluator:
         if not learner.features_need_images:
             return learner.features(None, None if selection is None else selection.to(self.device),
                                     queries.to(self.device)).float().cpu()
+        if learner.features_per_id and selection is not None:
+            return self._features_per_id(learner, task, dataset, selection, queries)
         n = len(queries)
         rows = [()] if selection is None else _rows(selection)
         feats = None
@@ -209,6 +227,28 @@ class Evaluator:
             feats[want] = cached[want]
         return feats
 
+    def _features_per_id(self, learner, task: int, dataset, selection: torch.Tensor,
+                         queries: torch.Tensor) -> torch.Tensor:
+        """Features of every sample: the concatenation, in its row's order, of its features under each id."""
+        n = len(queries)
+        by_id: dict[int, torch.Tensor] = {}
+        for i in torch.unique(selection).tolist():
+            want = (selection == i).any(dim=1).nonzero().flatten()
+            version = learner.features_version((i,))
+            entry = self._features.get((task, (i,))) if version is not None else None
+            cached = entry[1] if entry is not None and entry[0] == version else None
+            missing = want if cached is None else want[torch.isnan(cached[want, 0])]
+            if len(missing):
+                computed = self._compute(learner, task, dataset, missing, (i,), queries, len(want) == n)
+                if cached is None:
+                    cached = torch.full((n, computed.shape[1]), float("nan"))
+                cached[missing] = computed
+                if version is not None:
+                    self._features[(task, (i,))] = (version, cached)
+                self.vit_passes += len(missing) / n
+            by_id[i] = cached
+        return assemble_per_id(selection, by_id)
+
     def _compute(self, learner, task, dataset, indices, row, queries, whole) -> torch.Tensor:
         subset = dataset if whole else Subset(dataset, indices.tolist())
         sel = torch.tensor(row, dtype=torch.long) if row else None
@@ -231,12 +271,18 @@ class Evaluator:
             query = learner.query(x)
             per_sample = learner.select(query, upto_task)
             chosen = self._choose(learner, per_sample, len(x))
-            feats = learner.features(x if learner.features_need_images else None, chosen, query)
+            if learner.features_per_id and chosen is not None:
+                by_id = {i: learner.features(x, torch.full((len(x), 1), i, device=x.device), query).float()
+                         for i in torch.unique(chosen).tolist()}
+                feats = assemble_per_id(chosen, by_id)
+            else:
+                feats = learner.features(x if learner.features_need_images else None, chosen, query)
             logits.append(learner.logits(feats, upto_task).float().cpu())
             labels.append(y)
             if per_sample is not None:
                 chosen_all.append(chosen.cpu())
                 per_sample_all.append(per_sample.cpu())
-        self.vit_passes += 2 if learner.features_need_images else 1
+        views = 1 if not (learner.features_per_id and chosen_all) else len(torch.unique(torch.cat(chosen_all)))
+        self.vit_passes += 1 + views if learner.features_need_images else 1
         cat = (lambda parts: torch.cat(parts) if parts else None)  # noqa: E731
         return self._score(learner, torch.cat(logits), torch.cat(labels), task, cat(chosen_all), cat(per_sample_all))

@@ -29,6 +29,9 @@ A learner is one class (``conf/method/<name>.yaml`` names it in ``_target_``), b
   5. :meth:`selected_task`: the task a selection stands for, if the learner identifies tasks (for the
      task-identification accuracy), else ``None``.
 
+  A learner that runs the ViT once per adapter (features = the concatenation over the selected ids) sets
+  :attr:`features_per_id`: each id's features are then cached on their own.
+
   The true task id of a test sample is never passed to any of them.
 
 Training helpers shared by learners (loaders that shard under torchrun, feature extraction, bf16 autocast)
@@ -80,6 +83,11 @@ class Learner:
     eval_cacheable: bool = True
     #: False when :meth:`features` needs only the query (no pass over the images)
     features_need_images: bool = True
+    #: True when the features of a selection row ``(i, j, ...)`` are the concatenation of the features under
+    #: ``(i,)``, ``(j,)``, ...: one ViT pass per adapter (EASE, MOS, TUNA). The evaluator then calls
+    #: :meth:`features` with single-id selections ``(n, 1)`` only and caches each id's features per test set
+    #: while ``features_version((id,))`` holds, so a frozen adapter's pass over a test set is run once per run
+    features_per_id: bool = False
     #: how the configured lr of each training stage follows the global batch size: one rule for every stage,
     #: or stage name -> rule; applied once, by the epoch loop (:meth:`train_epochs`)
     lr_scaling: ClassVar[LrScaling | Mapping[str, LrScaling]] = BY_GLOBAL_BATCH

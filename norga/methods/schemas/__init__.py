@@ -5,11 +5,11 @@ Kept apart from the learners so that composing a config imports no torch. Each `
 starts with ``defaults: [/schema/method/<name>@_here_, _self_]``; :func:`norga.config.register` stores every
 dataclass listed in :data:`METHOD_SCHEMAS` under that name. The schemas of the first methods are here; a new
 method adds a module to this package (``norga/methods/schemas/<name>.py``, torch-free) that defines
-``SCHEMAS = {"<name>": <dataclass>}``, collected into :data:`METHOD_SCHEMAS` on import. Field metadata ``min``/``max``/``choices`` are
-checked by :func:`norga.config.validate` before anything is built, and so are the rules that relate several
-keys: each schema's ``check(cfg)`` yields ``(key, problem)`` for the composed config ``cfg`` (the whole run's,
-as settings like ``top_k <= pool_size`` depend on ``dataset.num_tasks``). The learners keep their own
-assertions for API users who skip the validator.
+``SCHEMAS = {"<name>": <dataclass>}``, collected into :data:`METHOD_SCHEMAS` on import.
+Field metadata ``min``/``max``/``choices`` are checked by :func:`norga.config.validate` before anything is built,
+and so are the rules that relate several keys: each schema's ``check(cfg)`` yields ``(key, problem)`` for the
+composed config ``cfg`` (the whole run's, as settings like ``top_k <= pool_size`` depend on ``dataset.num_tasks``).
+The learners keep their own assertions for API users who skip the validator.
 """
 
 from __future__ import annotations
