@@ -100,7 +100,7 @@ class SchedulerConfig(ScheduleConfig):
     """The per-epoch lr schedule of the main training stage. A name, not a _target_: presets switch schedules
     by value, and every schedule is a per-epoch factor."""
 
-    name: str = choice("constant", "constant", "step", "cosine", "coda_cosine")
+    name: str = choice("constant", "constant", "step", "multistep", "cosine", "coda_cosine")
     # the reference's defect D3: the schedule runs in task 0 only, later tasks train at the base lr
     # (docs/algorithm.md#d3-step-schedule-on-later-tasks-schedulerfirst_task_only)
     first_task_only: bool = False

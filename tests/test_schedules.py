@@ -24,6 +24,21 @@ def test_step_decays_at_every_multiple_of_step_epochs_and_not_before():
     assert [lr_factor(preset, e, 50) for e in (0, 29, 30, 49)] == pytest.approx([1, 1, 0.1, 0.1])
 
 
+def test_multistep_decays_at_each_milestone_as_torchs_multisteplr_stepped_per_epoch():
+    schedule = {"name": "multistep", "milestones": [4, 6, 8], "gamma": 0.005}
+    got = [lr_factor(schedule, e, 10) for e in range(10)]
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=1.0)
+    torch_lrs = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[4, 6, 8], gamma=0.005)
+    expected = []
+    for _ in range(10):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        torch_lrs.step()
+    assert got == pytest.approx(expected)
+    assert got[3] == 1 and got[4] == pytest.approx(0.005) and got[9] == pytest.approx(0.005 ** 3)
+
+
 def test_cosine_runs_from_lr_to_its_floor_and_coda_cosine_has_none():
     epochs, base, floor = 6, 0.8, 0.13
     opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": base, "base_lr": base}], lr=base)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-SCHEDULES = ("constant", "step", "cosine", "coda_cosine")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "coda_cosine")
 
 
 def scaled_lr(lr: float, global_batch_size: int) -> float:
@@ -52,7 +52,8 @@ def param_groups(groups: Sequence[tuple[Sequence[torch.nn.Parameter], float]], l
 def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
     """Multiplier of the base lr in ``epoch`` (0-based) of a stage with ``epochs`` epochs.
 
-    ``step``: ``gamma ** (epoch // step_epochs)``; ``cosine``: half-cosine from 1 to ``min_lr / lr`` over
+    ``step``: ``gamma ** (epoch // step_epochs)``; ``multistep``: ``gamma ** (number of milestones <= epoch)``
+    (torch's MultiStepLR stepped once per epoch); ``cosine``: half-cosine from 1 to ``min_lr / lr`` over
     the stage (returned relative to 1; the caller applies ``min_factor``); ``coda_cosine``: the schedule
     ``cos(99 pi e / (200 (epochs - 1)))``, from 1 at the first epoch to cos(0.495 pi) ~ 0.016 at the last.
     """
@@ -61,6 +62,8 @@ def lr_factor(schedule: DictConfig | dict, epoch: int, epochs: int) -> float:
         return 1.0
     if name == "step":
         return schedule["gamma"] ** (epoch // schedule["step_epochs"])
+    if name == "multistep":
+        return schedule["gamma"] ** sum(1 for m in schedule["milestones"] if m <= epoch)
     if name == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
     if name == "coda_cosine":

@@ -75,9 +75,10 @@ class MethodConfig:
 # ---- HiDe-Prompt and NoRGa ----------------------------------------------------------------------------------
 @dataclass
 class ScheduleConfig:
-    name: str = choice("step", "constant", "step", "cosine", "coda_cosine")
+    name: str = choice("step", "constant", "step", "multistep", "cosine", "coda_cosine")
     step_epochs: int = positive(30)
     gamma: float = positive(0.1)
+    milestones: list[int] = field(default_factory=list)  # multistep: the epochs (0-based) where lr *= gamma
     min_lr: float = at_least(0.0, 1e-5)
 
 
