@@ -3,10 +3,12 @@ threshold rule keeps the hand-counted number of directions, merged branches equa
 current task's up-projection and head train, and the covariance is the LN1 output's second moment."""
 
 import math
+import os
 
 import pytest
 import torch
 
+from norga.engine import faults
 from norga.engine.run import ContinualRun
 from norga.engine.stages import StageContext
 from norga.methods.inflora_memory import (
@@ -20,7 +22,7 @@ from norga.methods.inflora_memory import (
     update_retain,
 )
 from norga.models.peft import peft_blocks
-from tests.learning import compose_cfg
+from tests.learning import assert_same_learned_state, compose_cfg, learned_state_difference
 
 D = 24
 
@@ -227,3 +229,38 @@ def test_logits_put_each_tasks_head_at_its_classes_and_mask_unseen(learner):
         assert torch.allclose(out[:, classes0], learner.heads[0](f))
         unseen = [c for c in range(learner.benchmark.num_classes) if c not in classes0]
         assert torch.isinf(out[:, unseen]).all()
+
+
+# ---- merged branches through a killed and resumed run -------------------------------------------------------
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.xdist_group("reference_inflora")
+def test_merged_run_resumes_exactly_and_equals_the_unmerged_run(reference_run, tmp_path, monkeypatch):
+    """With method.merge_old=true task 0's branches live in the backbone's weights during task 1; a run killed
+    there (and in task 1's memory stage) re-merges them on resume and ends bit for bit as the uninterrupted
+    merged run. That run's learned tensors stay close to the unmerged run's: the forward passes differ by
+    float rounding (1e-7), which Adam's normalised steps grow to about 5e-4 in task 1's up-projections (a
+    re-merge missing or doubled after resuming breaks the bitwise comparison)."""
+    unmerged_dir, unmerged = reference_run("inflora")
+    merged_cfg = lambda extra=(): compose_cfg(["method=inflora", "method.merge_old=true", *extra])  # noqa: E731
+    merged = ContinualRun(merged_cfg(), tmp_path / "merged").run()
+
+    def kill(pid, sig):
+        raise _Killed(os.environ[faults.ENV])
+
+    monkeypatch.setattr(os, "kill", kill)
+    killed = tmp_path / "killed"
+    for kills, point in enumerate(["task1/train/epoch1/step0", "task1/memory/start"]):
+        monkeypatch.setenv(faults.ENV, point)
+        with pytest.raises(_Killed, match=point):
+            ContinualRun(merged_cfg(["resume=true"] if kills else []), killed).run()
+    monkeypatch.delenv(faults.ENV)
+    resumed = ContinualRun(merged_cfg(["resume=true"]), killed).run()
+    assert resumed["acc_matrix"] == merged["acc_matrix"]
+    assert_same_learned_state(killed, tmp_path / "merged", tasks=2, atol=0.0)
+    for task in range(2):
+        worst, where = learned_state_difference(tmp_path / "merged", unmerged_dir, task)
+        assert worst < 5e-3, (task, where, worst)
+    assert abs(merged["final_avg_acc"] - unmerged["final_avg_acc"]) < 2.0

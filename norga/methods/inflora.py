@@ -126,8 +126,7 @@ class InfLoRA(Learner):
         return int(self.memory.tasks)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
-        if self.trained == 0:
-            raise RuntimeError("InfLoRA has no trained branch before its first task's memory stage")
+        """The features with every finished task's branches (before the first: the backbone's own)."""
         with torch.no_grad():
             return self.lora_features(x, self.trained - 1)
 
