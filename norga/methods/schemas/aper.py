@@ -9,7 +9,8 @@ from norga.methods.schemas.ease import AdapterTuningConfig
 
 @dataclass
 class APERConfig(AdapterTuningConfig):
-    """APER / ADAM with adapters (docs/algorithm.md#aper); defaults = RCIL's exps/aper_adapter/cifar.json."""
+    """APER / ADAM with adapters (docs/algorithm.md#aper); defaults = RCIL's
+    exps/aper_adapter/cifar224_5_5_vit-b_adapter.json."""
 
     _target_: str = "norga.methods.aper.APER"
     name: str = "aper"
