@@ -51,3 +51,34 @@ def test_two_passes_per_test_set_and_batch_1_equals_batch_n(run):
     # the query (PTM) and the adapted pass once per test set: 5 + 5 (the authors': 2 per image per evaluation,
     # sum_t 2 (t + 1) = 30 test sets' worth)
     assert ev.vit_passes == pytest.approx(10)
+
+
+# RCIL:exps/aper_adapter/*_vit-b_adapter.json (IN21K) and PILOT's two IN1K configs:
+# tasks, epochs, lr, batch, wd
+APER_ROWS = {
+    ("cifar100", "augreg_in21k"): (20, 20, 0.01, 48, 5e-4),
+    ("cub", "augreg_in21k"): (20, 20, 0.01, 48, 5e-4),
+    ("imagenet_a", "augreg_in21k"): (20, 20, 0.01, 48, 5e-4),
+    ("imr", "augreg_in21k"): (40, 20, 0.05, 24, 5e-3),
+    ("objectnet", "augreg_in21k"): (20, 20, 0.01, 48, 5e-4),
+    ("omnibenchmark", "augreg_in21k"): (10, 20, 0.01, 48, 5e-4),
+    ("vtab", "augreg_in21k"): (5, 20, 0.01, 48, 5e-4),
+    ("cifar100", "augreg_in21k_ft_in1k"): (10, 20, 0.01, 48, 5e-4),
+    ("imr", "augreg_in21k_ft_in1k"): (10, 10, 0.05, 16, 5e-3),
+}
+
+
+def test_presets_compose_to_the_authors_settings():
+    from hydra import compose, initialize_config_dir
+
+    from norga.config import register
+    from tests.learning import CONF
+
+    register()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for (d, b), row in APER_ROWS.items():
+            cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", f"backbone={b}",
+                                                           "method=aper"])
+            m = cfg.method
+            assert (cfg.dataset.num_tasks, m.epochs, m.lr, cfg.train.batch_size, m.weight_decay) == row, (d, b)
+            assert (m.ffn_num, m.optimizer, m.min_lr) == (64, "sgd", 0.0)

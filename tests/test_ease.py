@@ -145,3 +145,38 @@ def test_omni_mode_is_aper_ptm_and_adapter_0_plain_cosine_later_adapters_untrain
     q = learner.query(x)
     assert torch.equal(learner.features(x, torch.full((2, 1), 2), q), q)  # an untrained adapter = the PTM
     assert learner.select(q, 2).tolist() == [[5, 0, 1, 2]] * 2           # PTM block first
+
+
+# the authors' JSONs (Ease:exps/ease_*.json; IN1K = augreg_in21k_ft_in1k, IN21K = augreg_in21k):
+# tasks, epochs, lr, batch, wd, optimizer, ffn_num, alpha, use_init_ptm, beta, moni_adam
+EASE_ROWS = {
+    ("cifar100", "both"): (20, 20, 0.025, 48, 5e-4, "sgd", 64, 0.1, False, 0.0, False),
+    ("cub", "augreg_in21k_ft_in1k"): (20, 20, 0.005, 16, 5e-4, "sgd", 64, 0.005, True, 1.0, False),
+    ("cub", "augreg_in21k"): (20, 20, 0.008, 32, 5e-4, "sgd", 64, 0.05, False, 0.0, False),
+    ("imagenet_a", "both"): (10, 20, 0.05, 32, 5e-3, "sgd", 64, 0.1, False, 0.0, False),
+    ("imr", "both"): (10, 20, 0.05, 16, 5e-3, "sgd", 64, 0.1, False, 0.0, False),
+    ("objectnet", "augreg_in21k_ft_in1k"): (20, 20, 0.03, 48, 5e-3, "adam", 64, 0.1, False, 0.0, False),
+    ("objectnet", "augreg_in21k"): (20, 25, 0.05, 48, 5e-3, "sgd", 64, 0.2, False, 0.0, False),
+    ("omnibenchmark", "both"): (10, 20, 0.01, 16, 5e-4, "sgd", 64, 1.0, True, 1.0, True),
+    ("vtab", "both"): (5, 45, 0.03, 16, 5e-3, "sgd", 16, 0.1, False, 0.0, False),
+}
+
+
+def test_presets_compose_to_the_authors_settings_under_the_pilot_protocol():
+    from hydra import compose, initialize_config_dir
+
+    from norga.config import register
+    from tests.learning import CONF
+
+    register()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for (d, which), row in EASE_ROWS.items():
+            for b in (("augreg_in21k", "augreg_in21k_ft_in1k") if which == "both" else (which,)):
+                cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", f"backbone={b}",
+                                                               "method=ease"])
+                m = cfg.method
+                got = (cfg.dataset.num_tasks, m.epochs, m.lr, cfg.train.batch_size, m.weight_decay, m.optimizer,
+                       m.ffn_num, m.alpha, m.use_init_ptm, m.beta, m.moni_adam)
+                assert got == row, (d, b)
+                assert (m.min_lr, m.recalc_sim, m.use_reweight, m.complement_tau) == (0.0, True, True, 1.0)
+                assert (cfg.dataset.class_order, cfg.dataset.normalize) == ("numpy_1993", "none")
