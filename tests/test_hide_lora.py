@@ -4,12 +4,14 @@ LoRA (the init) leaves the ViT unchanged, the TII source switch changes what the
 scored unless masked, and no gate is taken."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from norga.config import register
+from norga.engine.optim import BY_GLOBAL_BATCH, UNSCALED
 from norga.engine.run import ContinualRun
 from norga.models.peft.lora_pool import LoRAPool
 from norga.models.vit import vit_features
@@ -99,6 +101,21 @@ def test_tii_source_switch_changes_what_the_query_is(tmp_path):
     assert not torch.allclose(query, lora.backbone_features(x), atol=1e-3)
     torch.testing.assert_close(query, vit_features(lora.backbone, x, peft=lora.tii_lora.plan()))
     assert type(lora.tii).__name__ == "Linear" and type(mlp.tii).__name__ == "TIIHead"
+
+
+@pytest.mark.parametrize("task, lora_factor", [(0, 1.0), (1, 0.1)])
+def test_tii_lora_learns_slowly_from_task_one_and_its_tap_lr_is_not_batch_scaled(tmp_path, task, lora_factor):
+    hl, seen = learner(tmp_path), {}
+    hl.train_epochs = lambda ctx, step, groups, **kw: seen.update(groups=groups, **kw)
+    hl.tii_train(SimpleNamespace(task=task))
+    (lora, factor), (head, head_factor) = seen["groups"]
+    assert {id(p) for p in lora} == {id(p) for p in hl.tii_lora.parameters()} and factor == lora_factor
+    assert {id(p) for p in head} == {id(p) for p in hl.tii.parameters()} and head_factor == 1.0
+    assert (seen["epochs"], seen["lr"], seen["clip_grad"]) == (hl.method.tii.epochs, hl.method.tii.lr, 2.0)
+    assert hl.lr_rule("tii_tap") is UNSCALED and hl.lr_rule("wtp_tap") is UNSCALED
+    assert hl.lr_rule("tii_train") is BY_GLOBAL_BATCH and hl.lr_rule("wtp_train") is BY_GLOBAL_BATCH
+    mlp = learner(tmp_path / "mlp", ["method.tii_source=mlp"])
+    assert mlp.lr_rule("tii_tap") is BY_GLOBAL_BATCH  # HiDe-Prompt's rule for its MLP's TAP
 
 
 def test_selection_picks_the_task_of_the_tii_class_and_its_slot(tmp_path):
