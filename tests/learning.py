@@ -46,6 +46,8 @@ _HIDE = ["method.prompt_length=2", "method.prompt_layers=[0,1]", "method.tii.epo
 METHOD_LEARN = {
     "norga": _HIDE,
     "hide": _HIDE,
+    "hide_lora": ["method.lora_layers=[0,1]", "method.tii.epochs=2", "method.tii.lr=0.01", "method.tii.tap.epochs=3",
+                  "method.tii.tap.lr=0.05", "method.tap.epochs=3", "method.tap.samples_per_class_factor=1"],
     "l2p": ["method.prompt_length=2", "method.pool_size=6", "method.top_k=2"],
     "dualprompt": ["method.g_prompt_length=2", "method.prompt_length=2", "method.g_prompt_layers=[0]",
                    "method.prompt_layers=[1,2]"],
@@ -55,6 +57,9 @@ METHOD_LEARN = {
     # a small projection, and the first-session adapters on so that their training is covered too
     "ranpac": ["train.max_stats_per_class=20", "method.projection_dim=256", "method.first_session_adaptation=true",
                "method.adaptation.epochs=2", "method.adaptation.lr=0.05"],
+    # small adapters; EASE trains one per task, APER one on task 0
+    "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
+    "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
     # the embedded default's recipe (conf/preset/digits_tiny_inflora.yaml) on two LoRA'd blocks
     "inflora": ["method.lora_layers=[0,1]"],
 }
