@@ -65,6 +65,13 @@ OTHERS = [pytest.param(m, marks=() if m == "l2p" else pytest.mark.slow)
           for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "inflora")]
 
 
+# InfLoRA's learned tensors agree to 1e-5 but for single entries of a trained up-projection (measured: 8.5e-4 in one
+# entry of block 0's key up-projection of task 1, its column's norm 0.4, with the accuracies equal); Adam's
+# normalised steps can turn the rounding differences of half-batch forwards into steps of up to lr where a gradient
+# is near zero. That tensor differs by 5e-4 between merged and unmerged one-process runs too (tests/test_inflora.py).
+ATOL = {"inflora": 2e-3}
+
+
 @pytest.mark.parametrize("method", OTHERS)
 def test_every_method_on_two_processes_equals_one_process(method, reference_run, tmp_path):
     one_dir, one = reference_run(method)
@@ -74,4 +81,4 @@ def test_every_method_on_two_processes_equals_one_process(method, reference_run,
     assert metrics["finished"]
     for key in MATRICES:
         assert metrics.get(key) == one.get(key), key
-    assert_same_learned_state(tmp_path, one_dir, tasks=2, atol=PROCESSES_ATOL)
+    assert_same_learned_state(tmp_path, one_dir, tasks=2, atol=ATOL.get(method, PROCESSES_ATOL))
