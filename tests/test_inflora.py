@@ -264,3 +264,16 @@ def test_merged_run_resumes_exactly_and_equals_the_unmerged_run(reference_run, t
         worst, where = learned_state_difference(tmp_path / "merged", unmerged_dir, task)
         assert worst < 5e-3, (task, where, worst)
     assert abs(merged["final_avg_acc"] - unmerged["final_avg_acc"]) < 2.0
+
+
+def test_features_of_a_sample_do_not_depend_on_its_batch(learner):
+    randomise(learner, 2)
+    learner.memory.tasks.fill_(2)
+    x = images(4)
+    try:
+        together = learner.query(x)
+        alone = torch.cat([learner.query(x[i:i + 1]) for i in range(len(x))])
+    finally:
+        learner.memory.tasks.zero_()
+    assert (together - alone).abs().max() < 1e-5
+    assert learner.features(None, None, together) is together

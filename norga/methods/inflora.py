@@ -162,8 +162,10 @@ class InfLoRA(Learner):
 
         def hook(i):
             def record(module, args, output):
-                x = output.detach().float().reshape(-1, dim)
-                sums[i].add_((x.T @ x).double())
+                # float64 throughout: no TF32/bf16 rounding reaches the SVDs, and the sum hardly depends on
+                # how the batches are split over processes
+                x = output.detach().reshape(-1, dim).double()
+                sums[i].addmm_(x.T, x)
                 if i == 0:
                     count.add_(x.shape[0])
             return record
