@@ -65,11 +65,11 @@ OTHERS = [pytest.param(m, marks=() if m == "l2p" else pytest.mark.slow)
           for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "inflora")]
 
 
-# InfLoRA's learned tensors agree to 1e-5 but for single entries of a trained up-projection (measured: 8.5e-4 in one
-# entry of block 0's key up-projection of task 1, its column's norm 0.4, with the accuracies equal); Adam's
+# InfLoRA's learned tensors agree to 1e-5 but for single entries of a trained up-projection (measured: 1.9e-4 in
+# block 0's key up-projection of task 1, whose columns' norms are about 0.4, with the accuracies equal); Adam's
 # normalised steps can turn the rounding differences of half-batch forwards into steps of up to lr where a gradient
-# is near zero. That tensor differs by 5e-4 between merged and unmerged one-process runs too (tests/test_inflora.py).
-ATOL = {"inflora": 2e-3}
+# is near zero. That tensor differs by 6.5e-5 between merged and unmerged one-process runs too (tests/test_inflora.py).
+ATOL = {"inflora": 1e-3}
 
 
 @pytest.mark.parametrize("method", OTHERS)

@@ -241,7 +241,7 @@ def test_merged_run_resumes_exactly_and_equals_the_unmerged_run(reference_run, t
     """With method.merge_old=true task 0's branches live in the backbone's weights during task 1; a run killed
     there (and in task 1's memory stage) re-merges them on resume and ends bit for bit as the uninterrupted
     merged run. That run's learned tensors stay close to the unmerged run's: the forward passes differ by
-    float rounding (1e-7), which Adam's normalised steps grow to about 5e-4 in task 1's up-projections (a
+    float rounding (1e-7), which Adam's normalised steps grow to about 1e-4 in task 1's up-projections (a
     re-merge missing or doubled after resuming breaks the bitwise comparison)."""
     unmerged_dir, unmerged = reference_run("inflora")
     merged_cfg = lambda extra=(): compose_cfg(["method=inflora", "method.merge_old=true", *extra])  # noqa: E731
@@ -262,7 +262,7 @@ def test_merged_run_resumes_exactly_and_equals_the_unmerged_run(reference_run, t
     assert_same_learned_state(killed, tmp_path / "merged", tasks=2, atol=0.0)
     for task in range(2):
         worst, where = learned_state_difference(tmp_path / "merged", unmerged_dir, task)
-        assert worst < 5e-3, (task, where, worst)
+        assert worst < 1e-3, (task, where, worst)
     assert abs(merged["final_avg_acc"] - unmerged["final_avg_acc"]) < 2.0
 
 
