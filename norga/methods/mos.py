@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from norga.engine.distributed import all_gather_with_grad, data_parallel
+from norga.engine.evaluate import assemble_per_id
 from norga.engine.loops import masked_logits, shard_cross_entropy
 from norga.engine.optim import UNSCALED
 from norga.engine.stages import Stage, StageContext, evaluation
@@ -122,10 +123,11 @@ class MOS(Learner):
         return torch.arange(upto_task + 1, device=query.device).expand(len(query), -1)
 
     def features(self, x, selection, query) -> torch.Tensor:
-        k = int(selection[0, 0])
-        if not bool((selection == k).all()):
-            raise ValueError("MOS computes features one adapter at a time (features_per_id)")
-        return self.snapshot_features(x, k, drift=self.drift)
+        # the evaluator asks for one id at a time; a wider selection gets the concatenation (features_per_id)
+        by_id = {k: self.snapshot_features(x, k, drift=self.drift) for k in torch.unique(selection).tolist()}
+        if len(by_id) == 1 and selection.shape[1] == 1:
+            return next(iter(by_id.values()))
+        return assemble_per_id(selection, by_id)
 
     def features_version(self, selection: tuple[int, ...]) -> Hashable | None:
         if self.drift:
