@@ -239,3 +239,44 @@ def test_reference_drift_rewrites_the_stored_adapters_by_the_test_batch_count(ru
                 for p, v in zip(adapters.snapshots.sets[k].parameters(), vals):
                     p.copy_(v)
     assert not close(drifted[1][1], drifted[5][1], atol=1e-3), "the reference drift depends on the test batch size"
+
+
+class _Ctx:
+    """The part of a stage context the statistics stage uses."""
+
+    def __init__(self, task: int) -> None:
+        self.task, self.saved = task, {}
+
+    def save_artifact(self, name: str, state: dict) -> None:
+        self.saved[name] = state
+
+
+@pytest.mark.parametrize("per_block", [True, False])
+def test_class_statistics_snapshot_theta_then_pull_it_per_batch_only_in_the_reference_mode(run, per_block):
+    learner, task = run.learner, 2
+    adapters = learner.adapters
+    saved = {name: values(module) for name, module in learner.modules().items()}
+    theta = values(adapters.running)
+    earlier_sum = values(adapters.sums.sets[task - 1])
+    learner.per_block = per_block
+    try:
+        ctx = _Ctx(task)
+        learner.class_statistics(ctx)
+        snapshot, total, after = (values(adapters.snapshots.sets[task]), values(adapters.sums.sets[task]),
+                                  values(adapters.running))
+        # the authors' loaders: one per class, batches of 3 x train.batch_size, 12 pulls each
+        batches = sum(len(learner.statistics_loader(task, [c], batch_size=3 * learner.batch_size))
+                      for c in run.benchmark.task_classes[task])
+    finally:
+        learner.per_block = True
+        with torch.no_grad():
+            for name, module in learner.modules().items():
+                for p, v in zip(module.parameters(), saved[name]):
+                    p.copy_(v)
+        learner.eval_mode()
+    assert close(snapshot, theta, atol=0), "the snapshot is theta as training left it"
+    assert close(total, [s + t for s, t in zip(earlier_sum, theta)])
+    assert sorted(ctx.saved) == [f"mos_stats_task_{task}"]
+    mean = [s / task for s in earlier_sum]
+    depth = len(peft_blocks(learner.backbone))
+    assert close(after, pulled(theta, mean, depth * batches if per_block else 0), atol=1e-5)
