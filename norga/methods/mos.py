@@ -38,7 +38,7 @@ from norga.methods.statistics import ClassStatistics
 from norga.methods.tap import train_on_statistics
 from norga.models.mos import SnapshotAdapters
 from norga.models.peft import peft_blocks
-from norga.models.vit import build_head
+from norga.models.vit import build_head, vit_features
 
 MERGE_MODES = ("official_per_block", "once_per_step")
 
@@ -105,14 +105,16 @@ class MOS(Learner):
     # ---- forward paths -----------------------------------------------------------------------------------
     def running_features(self, x: torch.Tensor, task: int, pulls: bool) -> torch.Tensor:
         """Features with theta; with ``pulls`` the authors' per-block pulls toward S_{task-1}/task happen in it."""
+        vit = vit_features if pulls else self._vit  # the pulls rewrite weights mid-forward: never compiled
         with self.adapters.pull_per_block(self.adapters.running, task, pulls), self.amp():
-            return self._vit(self.backbone, x, peft=self.adapters.running.plan()).float()
+            return vit(self.backbone, x, peft=self.adapters.running.plan()).float()
 
     def snapshot_features(self, x: torch.Tensor, k: int, drift: bool = False) -> torch.Tensor:
         """Features with the frozen snapshot Theta_k; with ``drift`` the authors' per-block pulls rewrite it."""
         snap = self.adapters.snapshots.sets[k].eval()
+        vit = vit_features if drift else self._vit
         with torch.no_grad(), self.adapters.pull_per_block(snap, k, drift), self.amp():
-            return self._vit(self.backbone, x, peft=snap.plan()).float()
+            return vit(self.backbone, x, peft=snap.plan()).float()
 
     # ---- prediction --------------------------------------------------------------------------------------
     def query(self, x: torch.Tensor) -> torch.Tensor:
