@@ -280,3 +280,41 @@ def test_class_statistics_snapshot_theta_then_pull_it_per_batch_only_in_the_refe
     mean = [s / task for s in earlier_sum]
     depth = len(peft_blocks(learner.backbone))
     assert close(after, pulled(theta, mean, depth * batches if per_block else 0), atol=1e-5)
+
+
+# the authors' JSONs (MOS:exps/mos_*.json; IN1K = augreg_in21k_ft_in1k, IN21K = augreg_in21k, identical but for
+# backbone_type): tasks, epochs, lr, batch, wd, statistics. Omni with IN21K: 30/30, its log's header.
+MOS_ROWS = {
+    "cifar100": (20, 20, 0.03, 48, 5e-4, "covariance"),
+    "cub": (20, 10, 0.01, 32, 5e-4, "covariance"),
+    "imr": (10, 10, 0.05, 16, 5e-3, "covariance"),
+    "imagenet_a": (10, 10, 0.05, 32, 5e-3, "variance"),
+    "objectnet": (10, 10, 0.05, 48, 5e-3, "covariance"),
+    "omnibenchmark": (15, 10, 0.01, 16, 5e-4, "covariance"),
+    "vtab": (5, 20, 0.03, 32, 5e-3, "covariance"),
+}
+
+
+def test_presets_compose_to_the_authors_settings_under_the_pilot_protocol():
+    from hydra import compose, initialize_config_dir
+
+    from norga.config import register
+    from tests.learning import CONF
+
+    register()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for d, row in MOS_ROWS.items():
+            for b in ("augreg_in21k", "augreg_in21k_ft_in1k"):
+                cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", f"backbone={b}",
+                                                               "method=mos"])
+                m = cfg.method
+                tasks = 10 if (d, b) == ("omnibenchmark", "augreg_in21k") else row[0]
+                got = (cfg.dataset.num_tasks, cfg.train.epochs, m.lr, cfg.train.batch_size, m.weight_decay,
+                       m.statistics)
+                assert got == (tasks, *row[1:]), (d, b)
+                assert cfg.eval.batch_size == cfg.train.batch_size  # the test batch the reference drift sees
+                assert (m.bottleneck, m.adapter_momentum, m.reg, m.head_lr_factor, m.min_lr) == (16, 0.1, 0.1, 0.1, 0)
+                assert (m.alignment.epochs, m.alignment.lr, m.alignment.samples_per_class_factor) == (30, 0.005, 5)
+                assert (m.merge_mode, m.eval_inplace_drift, m.ensemble, m.max_evaluations) == (
+                    "official_per_block", True, True, 4)
+                assert cfg.dataset.normalize == "none" and cfg.dataset.class_order == "numpy_1993"
