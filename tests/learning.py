@@ -60,6 +60,9 @@ METHOD_LEARN = {
     # small adapters; EASE trains one per task, APER one on task 0
     "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
     "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
+    # the authors' switches (per-block pulls, test-time drift: evaluated batch by batch); no adapter dropout, which
+    # torchrun ranks would draw each on their own, so that 2 processes equal 1
+    "mos": ["train.max_stats_per_class=20", "method.alignment.epochs=3", "method.adapter_dropout=0.0"],
 }
 
 # A correct resumed or data-parallel run meets these (measured: bitwise for resume; for 2 processes 3.3e-6
