@@ -125,11 +125,19 @@ class TUNA(Learner):
         return self.merged if i == self.universal_id else self.snapshots.sets[i]
 
     def features(self, x, selection, query) -> torch.Tensor:
-        ids = torch.unique(selection)
-        if len(ids) != 1 or selection.shape[1] != 1:
-            raise ValueError("TUNA runs the ViT once per adapter: features take a single-id selection (n, 1)")
-        with torch.no_grad(), self.amp():
-            return self._vit(self.backbone, x, peft=self.adapter(int(ids[0])).plan()).float()
+        """Row ``(i, j, ...)``: the concatenation of the features through adapters ``i``, ``j``, ... (one ViT
+        pass per adapter; the evaluator asks for one id at a time, ``(n, 1)``)."""
+        columns = []
+        for col in selection.T:
+            out = None
+            for i in torch.unique(col).tolist():
+                rows = (col == i).nonzero().flatten()
+                with torch.no_grad(), self.amp():
+                    f = self._vit(self.backbone, x[rows], peft=self.adapter(int(i)).plan()).float()
+                out = f.new_empty(len(x), f.shape[1]) if out is None else out
+                out[rows] = f
+            columns.append(out)
+        return torch.cat(columns, dim=1)
 
     def features_version(self, selection: tuple[int, ...]) -> Hashable | None:
         (i,) = selection
@@ -151,13 +159,14 @@ class TUNA(Learner):
 
     # ---- training ----------------------------------------------------------------------------------------
     def trainable(self, task: int) -> list[nn.Parameter]:
-        """Set what task ``task``'s training stage updates and return it: theta, the heads of tasks 0..T and,
-        with the reference's orthogonality term, the earlier snapshots' up-projections."""
+        """Set what task ``task``'s training stage updates and return it: theta, the task's head and, with the
+        reference's orthogonality term, the earlier snapshots' up-projections. (The reference hands every head
+        to the optimiser, but the loss reads the current one only, so the others get no gradient and no decay.)"""
         self.theta.requires_grad_(True)
         for t, w in enumerate(self.heads.heads):
-            w.requires_grad_(t <= task)
+            w.requires_grad_(t == task)
         self.snapshots.requires_grad_(False)
-        params = [*self.theta.parameters(), *self.heads.heads[:task + 1]]
+        params = [*self.theta.parameters(), self.heads.heads[task]]
         if self.snapshot_grads(task):
             for k in range(task):
                 for adapter in self.snapshots.sets[k].adapters.values():
