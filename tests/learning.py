@@ -55,6 +55,9 @@ METHOD_LEARN = {
     # a small projection, and the first-session adapters on so that their training is covered too
     "ranpac": ["train.max_stats_per_class=20", "method.projection_dim=256", "method.first_session_adaptation=true",
                "method.adaptation.epochs=2", "method.adaptation.lr=0.05"],
+    # small adapters; EASE trains one per task, APER one on task 0
+    "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
+    "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
     # the orthogonality term on, so that the snapshots it trains (the reference) are covered by resume; no
     # adapter dropout, which is drawn per process, so that 2 processes equal 1 (RanPAC covers dropout on resume)
     "tuna": ["train.max_stats_per_class=20", "method.crct_epochs=2", "method.use_orth=true", "method.lr=0.05",

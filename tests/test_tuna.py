@@ -165,3 +165,33 @@ def test_orthogonality_term_is_the_written_formula_and_reaches_the_snapshots_in_
     learner.method.orth_trains_snapshots = True
     learner.method.use_orth = False
     learner.snapshots.requires_grad_(False)
+
+
+# TUNA:exps/tuna_{cifar,imga,imgr,obj}.json @77d4f10 (all IN21K): tasks, epochs, lr, batch, use_orth (CIFAR: its
+# log's true, the JSON says false), crct_epochs, ca_lr, decay, margin
+TUNA_ROWS = {
+    "cifar100": (20, 15, 0.01, 16, True, 30, 0.005, False, 0.0),
+    "imagenet_a": (10, 20, 0.01, 16, True, 10, 0.01, True, 0.3),
+    "imr": (10, 10, 0.02, 32, True, 30, 0.005, True, 0.0),
+    "objectnet": (10, 10, 0.05, 48, True, 30, 0.001, True, 0.0),
+}
+
+
+def test_presets_compose_to_the_authors_settings_under_the_pilot_protocol():
+    from hydra import compose, initialize_config_dir
+
+    from norga.config import register
+    from tests.learning import CONF
+
+    register()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for d, row in TUNA_ROWS.items():
+            cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", "backbone=augreg_in21k",
+                                                           "method=tuna"])
+            m = cfg.method
+            got = (cfg.dataset.num_tasks, cfg.train.epochs, m.lr, cfg.train.batch_size, m.use_orth, m.crct_epochs,
+                   m.ca_lr, m.decay, m.margin)
+            assert got == row, d
+            assert (m.bottleneck, m.weight_decay, m.reg, m.scale, m.statistics, cfg.dataset.normalize) == (
+                16, 5e-4, 0.001, 20.0, "covariance", "none")
+            assert (m.universal, m.decay_rule, m.ca_cosine_period) == ("official_cur_adapter", "reference", 5)
