@@ -195,3 +195,39 @@ def test_presets_compose_to_the_authors_settings_under_the_pilot_protocol():
             assert (m.bottleneck, m.weight_decay, m.reg, m.scale, m.statistics, cfg.dataset.normalize) == (
                 16, 5e-4, 0.001, 20.0, "covariance", "none")
             assert (m.universal, m.decay_rule, m.ca_cosine_period) == ("official_cur_adapter", "reference", 5)
+
+
+def test_statistics_sampling_scales_the_class_means():
+    from norga.methods.statistics import ClassStatistics
+
+    stats = ClassStatistics("covariance")
+    gen = torch.Generator().manual_seed(5)
+    stats.fit(torch.randn(40, 6, generator=gen) + 3.0, torch.tensor([0, 1]).repeat_interleave(20))
+    torch.manual_seed(0)
+    plain, _ = stats.sample([0, 1], 7)
+    torch.manual_seed(0)
+    scaled, _ = stats.sample([0, 1], 7, {0: 0.5, 1: 1.25})
+    shift = torch.cat([stats.means[0] * -0.5, stats.means[1] * 0.25]).repeat_interleave(7, dim=0)
+    assert torch.allclose(scaled - plain, shift, atol=1e-5)
+
+
+@pytest.mark.parametrize(("period", "last_lr"), [(5, 0.01), (None, 0.0)])
+def test_alignment_cosine_restarts_with_the_reference_period(run, period, last_lr):
+    """T3: T_max = 5 over 10 epochs ends back at the top (lr 0.01); T_max = crct_epochs ends at 0."""
+    from norga.engine.stages import StageContext
+
+    learner = run.learner
+    randomise(learner, 5)
+    seen = learner.seen_classes(1)
+    gen = torch.Generator().manual_seed(6)
+    labels = torch.tensor(seen).repeat_interleave(8)
+    learner.statistics.fit(torch.randn(len(labels), learner.dim, generator=gen), labels)
+    m = learner.method
+    m.ca_cosine_period, m.crct_epochs, m.ca_lr = period, 10, 0.01
+    before = [w.detach().clone() for w in learner.heads.heads]
+    ctx = StageContext(task=1, stage="align", seed=learner.cfg.seed, progress=False)
+    learner.align(ctx)
+    assert ctx.scheduler.get_last_lr()[0] == pytest.approx(last_lr, abs=1e-9)
+    moved = [not torch.equal(w, b) for w, b in zip(learner.heads.heads, before)]
+    assert moved == [True, True, False, False, False]  # every seen task's head aligns, no later one
+    m.ca_cosine_period, m.crct_epochs, m.ca_lr = 5, 30, 0.005
