@@ -46,6 +46,8 @@ _HIDE = ["method.prompt_length=2", "method.prompt_layers=[0,1]", "method.tii.epo
 METHOD_LEARN = {
     "norga": _HIDE,
     "hide": _HIDE,
+    "hide_lora": ["method.lora_layers=[0,1]", "method.tii.epochs=2", "method.tii.lr=0.01", "method.tii.tap.epochs=3",
+                  "method.tii.tap.lr=0.05", "method.tap.epochs=3", "method.tap.samples_per_class_factor=1"],
     "l2p": ["method.prompt_length=2", "method.pool_size=6", "method.top_k=2"],
     "dualprompt": ["method.g_prompt_length=2", "method.prompt_length=2", "method.g_prompt_layers=[0]",
                    "method.prompt_layers=[1,2]"],
