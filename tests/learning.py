@@ -63,6 +63,10 @@ METHOD_LEARN = {
     # the authors' switches (per-block pulls, test-time drift: evaluated batch by batch); no adapter dropout, which
     # torchrun ranks would draw each on their own, so that 2 processes equal 1
     "mos": ["train.max_stats_per_class=20", "method.alignment.epochs=3", "method.adapter_dropout=0.0"],
+    # the orthogonality term on, so that the snapshots it trains (the reference) are covered by resume; no
+    # adapter dropout, which is drawn per process, so that 2 processes equal 1 (RanPAC covers dropout on resume)
+    "tuna": ["train.max_stats_per_class=20", "method.crct_epochs=2", "method.use_orth=true", "method.lr=0.05",
+             "method.dropout=0.0"],
 }
 
 # A correct resumed or data-parallel run meets these (measured: bitwise for resume; for 2 processes 3.3e-6
