@@ -277,3 +277,64 @@ def test_features_of_a_sample_do_not_depend_on_its_batch(learner):
         learner.memory.tasks.zero_()
     assert (together - alone).abs().max() < 1e-5
     assert learner.features(None, None, together) is together
+
+
+def spec_dualgpm(covs, eps_list, energy="squared"):
+    """The memory update of spec 1.2 step 6 written out again with numpy, independently of the module: returns
+    (type, basis) after each task."""
+    import numpy as np
+
+    def e(s):
+        return s ** 2 if energy == "squared" else s
+
+    out, basis, kind = [], None, None
+    for t, (c, eps) in enumerate(zip(covs, eps_list)):
+        c = c.double().numpy()
+        d = c.shape[0]
+        u, s, _ = np.linalg.svd(c)
+        total = e(s).sum()
+        if t == 0:
+            k = int(np.sum(np.cumsum(e(s) / total) < eps))
+            basis, kind = u[:, :max(k, 1)], "remove"
+        elif kind == "remove":
+            uh, sh, _ = np.linalg.svd(c - basis @ basis.T @ c)
+            acc, r = (total - e(sh).sum()) / total, 0
+            while r < len(sh) and acc < eps:
+                acc += e(sh[r]) / total
+                r += 1
+            basis = np.hstack([basis, uh[:, :r]])[:, :d]
+        else:
+            uh, sh, _ = np.linalg.svd(basis @ basis.T @ c)
+            acc, r = e(sh).sum() / total, 0
+            while r < len(sh) and acc >= 1 - eps:
+                acc -= e(sh[r]) / total
+                r += 1
+            if r:
+                ur = uh[:, :r]
+                basis = np.linalg.svd(basis - ur @ ur.T @ basis)[0][:, :basis.shape[1] - r]
+        if kind == "remove" and basis.shape[1] > d / 2:
+            basis, kind = np.linalg.svd(basis)[0][:, basis.shape[1]:], "retain"
+        out.append((kind, basis))
+    return out
+
+
+@pytest.mark.parametrize("energy_on", ["squared_eigs", "eigs"])
+def test_memory_follows_the_written_out_dualgpm_over_several_tasks(energy_on):
+    # tasks whose inputs live in different 5-dimensional subspaces of 16: the memory grows, switches to a free
+    # space and then shrinks it
+    d, tasks = 16, 5
+    covs = [random_cov(10 + t, dim=d, rank=5) + 1e-3 * torch.eye(d) for t in range(tasks)]
+    eps = [threshold(0.9, 1.0, t, tasks) for t in range(tasks)]
+    memory = SubspaceMemory(1, d, energy_on, "dualgpm")
+    expected = spec_dualgpm(covs, eps, "squared" if energy_on == "squared_eigs" else "plain")
+    kinds = []
+    for t, (kind, basis) in enumerate(expected):
+        memory.update([covs[t]], eps[t])
+        got, got_kind = memory.get(0)
+        kinds.append(kind)
+        assert got_kind == (REMOVE if kind == "remove" else RETAIN), t
+        assert got.shape[1] == basis.shape[1], t
+        b = torch.from_numpy(basis).float()
+        assert torch.allclose(got @ got.T, b @ b.T, atol=1e-5), t  # the same subspace
+    # every path was taken: growing a protected space, the switch, and shrinking a free space
+    assert kinds[:2] == ["remove", "remove"] and kinds[-2:] == ["retain", "retain"]
