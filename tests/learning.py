@@ -56,6 +56,9 @@ METHOD_LEARN = {
     "ranpac": ["train.max_stats_per_class=20", "method.projection_dim=256", "method.first_session_adaptation=true",
                "method.adaptation.epochs=2", "method.adaptation.lr=0.05"],
     "sdlora": ["method.rank=4", "method.init_lr=0.02", "method.lr=0.02"],
+    # small adapters; EASE trains one per task, APER one on task 0
+    "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
+    "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
 }
 
 # A correct resumed or data-parallel run meets these (measured: bitwise for resume; for 2 processes 3.3e-6
