@@ -30,7 +30,6 @@ from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choi
 # must not) and the precisions of train.precision.
 ATTENTION_KERNELS = ("auto", "explicit", "sdpa_mask", "lse_merge", "augmented", "flex")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-CLASS_ORDERS = ("seeded", "numpy_1993")
 
 
 def matching(regex: str, default: Any, means: str) -> Any:

@@ -162,3 +162,26 @@ def test_numpy_class_orders_take_any_fixed_seed():
     assert order_label("numpy_1995", seed=7) == "np-seed-1995"
     with pytest.raises(ValueError, match="must be seeded or numpy_1993"):
         class_order(10, "numpy_x", seed=7)
+
+
+def test_predictions_do_not_depend_on_the_test_batch(tmp_path):
+    sd = learner(tmp_path)
+    sd.start_task(1)
+    randomise(sd.lora.tasks[0])
+    randomise(sd.lora.tasks[1], seed=4)
+    sd.eval_mode()
+    x = torch.randn(4, 3, 32, 32)
+    together = sd.logits(sd.features(x, None, None), 1)
+    alone = torch.cat([sd.logits(sd.features(x[i:i + 1], None, None), 1) for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    unseen = ~sd.benchmark.seen_mask(1)
+    assert torch.isinf(together[:, unseen]).all() and torch.isfinite(together[:, ~unseen]).all()
+
+
+def test_the_config_takes_numpy_orders_with_any_seed():
+    from norga.config import ConfigError, validate
+
+    ok = compose_cfg(["method=sdlora", "dataset.class_order=numpy_1995"])
+    validate(ok)
+    with pytest.raises(ConfigError, match="numpy_<seed>"):
+        validate(compose_cfg(["method=sdlora", "dataset.class_order=numpy"]))

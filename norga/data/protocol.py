@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-CLASS_ORDERS = ("seeded", "numpy_1993")
+CLASS_ORDERS = ("seeded", "numpy_1993")  # the named ones; numpy_<seed> takes any fixed seed
 PILOT_SEED = 1993
 #: every accepted ``dataset.class_order``: ``seeded`` or ``numpy_<seed>`` (a fixed seed, whatever the run seed)
 CLASS_ORDER_PATTERN = r"seeded|numpy_\d+"
