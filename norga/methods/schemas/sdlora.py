@@ -26,7 +26,7 @@ class SDLoRAConfig(MethodConfig):
     layers: list[int] | None = None  # blocks with LoRA; null: every block
     targets: list[str] = field(default_factory=lambda: ["q", "v"],
                                metadata={"min_items": 1, "choices": ("q", "k", "v", "qkv", "proj", "fc1", "fc2")})
-    magnitude_init: float = 0.8
+    magnitude_init: float = positive(0.8)
     # false (the authors' code): every magnitude restarts at magnitude_init each task; true: earlier ones kept
     keep_magnitudes: bool = False
     # product_of_norms (the authors' code): B_i A_i / (||B_i|| ||A_i||); norm_of_product: B_i A_i / ||B_i A_i||
