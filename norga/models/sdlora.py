@@ -88,6 +88,7 @@ class SDLoRA(nn.Module):
         self.magnitudes = nn.Parameter(torch.full((len(ranks),), self.magnitude_init))
         self.register_buffer("active", torch.zeros((), dtype=torch.long))
         self._branches = {(i, t): SDLoRABranch(self, i, t) for i in self.layers for t in self.targets}
+        self._index: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def num_active(self) -> int:
@@ -130,8 +131,16 @@ class SDLoRA(nn.Module):
             norms.append(torch.ones((), device=self.magnitudes.device))
         # an all-zero direction (a task that never stepped) adds 0, not 0/0
         scale = self.magnitudes[: len(loras)] / torch.stack(norms).clamp_min(1e-12).to(self.magnitudes)
-        sizes = torch.tensor([m.rank for m in loras], device=scale.device)
-        return scale.repeat_interleave(sizes)
+        return scale[self._component_tasks(len(loras), scale.device)]
+
+    def _component_tasks(self, tasks: int, device: torch.device) -> torch.Tensor:
+        """The task of each rank component of tasks ``0..tasks-1`` stacked, on ``device`` (built once: no
+        host-to-device copy per forward)."""
+        key = (tasks, str(device))
+        if key not in self._index:
+            ranks = torch.tensor([t.loras[str(self.layers[0])][self.targets[0]].rank for t in self.tasks[:tasks]])
+            self._index[key] = torch.arange(tasks).repeat_interleave(ranks).to(device)
+        return self._index[key]
 
     def plan(self) -> dict[int, BlockPeft]:
         """The active tasks' composed branches, one per (block, target); empty before any task."""
