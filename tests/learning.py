@@ -46,6 +46,8 @@ _HIDE = ["method.prompt_length=2", "method.prompt_layers=[0,1]", "method.tii.epo
 METHOD_LEARN = {
     "norga": _HIDE,
     "hide": _HIDE,
+    "hide_lora": ["method.lora_layers=[0,1]", "method.tii.epochs=2", "method.tii.lr=0.01", "method.tii.tap.epochs=3",
+                  "method.tii.tap.lr=0.05", "method.tap.epochs=3", "method.tap.samples_per_class_factor=1"],
     "l2p": ["method.prompt_length=2", "method.pool_size=6", "method.top_k=2"],
     "dualprompt": ["method.g_prompt_length=2", "method.prompt_length=2", "method.g_prompt_layers=[0]",
                    "method.prompt_layers=[1,2]"],
@@ -59,6 +61,13 @@ METHOD_LEARN = {
     # small adapters; EASE trains one per task, APER one on task 0
     "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
     "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
+    # the authors' switches (per-block pulls, test-time drift: evaluated batch by batch); no adapter dropout, which
+    # torchrun ranks would draw each on their own, so that 2 processes equal 1
+    "mos": ["train.max_stats_per_class=20", "method.alignment.epochs=3", "method.adapter_dropout=0.0"],
+    # the orthogonality term on, so that the snapshots it trains (the reference) are covered by resume; no
+    # adapter dropout, which is drawn per process, so that 2 processes equal 1 (RanPAC covers dropout on resume)
+    "tuna": ["train.max_stats_per_class=20", "method.crct_epochs=2", "method.use_orth=true", "method.lr=0.05",
+             "method.dropout=0.0"],
 }
 
 # A correct resumed or data-parallel run meets these (measured: bitwise for resume; for 2 processes 3.3e-6

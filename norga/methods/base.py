@@ -249,10 +249,11 @@ class Learner:
                             generator=generator)
 
     def statistics_loader(self, task: int, classes: list[int] | None = None,
-                          generator: torch.Generator | None = None):
+                          generator: torch.Generator | None = None, batch_size: int | None = None):
         """Task ``task``'s training images (or those of ``classes``) with the evaluation transform, in dataset
-        order (shuffled by ``generator`` when given). Every class must be present, so ``train.max_batches`` does
-        not apply; ``train.max_stats_per_class`` (smoke tests) keeps the first images of each class instead."""
+        order (shuffled by ``generator`` when given), in batches of ``batch_size`` (default ``train.batch_size``).
+        Every class must be present, so ``train.max_batches`` does not apply; ``train.max_stats_per_class``
+        (smoke tests) keeps the first images of each class instead."""
         if classes is None:
             dataset = self.benchmark.train_set(task, augment=False)
         else:
@@ -262,7 +263,7 @@ class Learner:
             keep = [i for c in dataset.labels.unique().tolist()
                     for i in (dataset.labels == c).nonzero().flatten()[:limit].tolist()]
             dataset = Subset(dataset, sorted(keep))
-        return shard_loader(dataset, self.batch_size, self.device, self.cfg.train.num_workers,
+        return shard_loader(dataset, batch_size or self.batch_size, self.device, self.cfg.train.num_workers,
                             shuffle=generator is not None, generator=generator)
 
     def extract_all(self, fn: Callable[[torch.Tensor], torch.Tensor], loader,

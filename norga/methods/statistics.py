@@ -9,6 +9,7 @@ Variants (``method.statistics``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -82,11 +83,15 @@ class ClassStatistics:
         return torch.cat(list(self.means.values())).to(device)
 
     @torch.no_grad()
-    def sample(self, classes: list[int], n_per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n_per_class`` features per class (split evenly over centroids), drawn with torch's global RNG."""
+    def sample(self, classes: list[int], n_per_class: int,
+               mean_scale: Mapping[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_per_class`` features per class (split evenly over centroids), drawn with torch's global RNG;
+        ``mean_scale`` (class -> factor) multiplies a class's mean(s) before drawing (TUNA's decay)."""
         xs, ys = [], []
         for cls in classes:
             means, spread = self.means[cls], self.spread[cls]
+            if mean_scale is not None:
+                means = means * mean_scale[cls]
             n = n_per_class // self.n_centroids if self.kind == "multi_centroid" else n_per_class
             for mean, s in zip(means, spread):
                 z = torch.randn(n, mean.shape[0])

@@ -4,6 +4,7 @@ each other (docs/algorithm.md#task-adaptive-prediction-tap)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ def train_on_statistics(
     allowed: torch.Tensor,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    cosine_period: int | None = None,
+    mean_scale: Mapping[int, float] | None = None,
 ) -> int:
     """Task-adaptive prediction: train ``model`` on features sampled from the class Gaussians, through the
     learner's epoch loop (so capped, seeded, resumable like every stage); returns the epoch count.
@@ -40,6 +43,8 @@ def train_on_statistics(
     ``steps`` SGD steps of ``n_per_class`` samples each (the reference: steps = number of classes of the
     earlier tasks; ``train.max_batches`` does not apply), logits restricted to ``allowed``; the lr (scaled as
     the learner declares for the stage) follows torch's cosine annealing over the epochs, no clipping.
+    ``cosine_period``: the annealing's T_max in epochs when not the epoch count (torch's schedule then rises
+    again after it, TUNA's reference); ``mean_scale``: class -> factor on its mean before sampling.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -47,7 +52,7 @@ def train_on_statistics(
 
     def batches(generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
         # drawn from the RNGs the epoch's seed set
-        x, y = stats.sample(classes, n_per_class)
+        x, y = stats.sample(classes, n_per_class, mean_scale)
         order = torch.randperm(len(y))
         x, y = x[order].to(device), y[order].to(device)
         chunks = [(x[i * n_per_class:(i + 1) * n_per_class], y[i * n_per_class:(i + 1) * n_per_class])
@@ -59,6 +64,7 @@ def train_on_statistics(
 
     return learner.train_epochs(
         ctx, loss_fn, params, desc=ctx.stage, batches=batches, epochs=epochs, lr=lr,
-        schedule=lambda optimizer, count: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=count),
+        schedule=lambda optimizer, count: torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=count if cosine_period is None else cosine_period),
         optimizer=partial(torch.optim.SGD, momentum=momentum, weight_decay=weight_decay), clip_grad=None,
         limit_batches=False)
