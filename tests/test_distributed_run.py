@@ -63,7 +63,7 @@ def test_whole_run_on_several_processes_equals_one_process(processes, one_proces
 # RanPAC's first-session adapters draw dropout per process, so they match a 1-process run only in
 # distribution (docs/algorithm.md#ranpac).
 OTHERS = [pytest.param(m, marks=() if m == "l2p" else pytest.mark.slow)
-          for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "mos", "tuna")]
+          for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "mos", "tuna", "sdlora")]
 
 
 @pytest.mark.parametrize("method", OTHERS)
