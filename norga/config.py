@@ -30,7 +30,6 @@ from norga.methods.schemas import METHOD_SCHEMAS, ScheduleConfig, at_least, choi
 # must not) and the precisions of train.precision.
 ATTENTION_KERNELS = ("auto", "explicit", "sdpa_mask", "lse_merge", "augmented", "flex")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-CLASS_ORDERS = ("seeded", "numpy_1993")
 
 
 def matching(regex: str, default: Any, means: str) -> Any:
@@ -53,8 +52,9 @@ class DatasetConfig:
     shuffle: bool = True
     source: Any = MISSING  # {_target_: loader function, root, download, ...}
     # how `shuffle` orders the classes: seeded (random.Random(seed), the prompt methods' reference) or numpy_1993
-    # (numpy's RandomState(1993) permutation whatever the seed, the PILOT family's: SimpleCIL, RanPAC)
-    class_order: str = choice("seeded", *CLASS_ORDERS)
+    # (numpy's RandomState(1993) permutation whatever the seed, the PILOT family's: SimpleCIL, RanPAC); numpy_<seed>
+    # is that permutation from another fixed seed (SD-LoRA's ImageNet-R: numpy_1995)
+    class_order: str = matching(r"seeded|numpy_\d+", "seeded", "seeded or numpy_<seed> (e.g. numpy_1993)")
     # transform families replaced by another, e.g. {cifar100: default}: CIFAR images get the ImageNet-R family
     # (crop scale 0.05-1, bilinear, no colour jitter, no normalisation), as SimpleCIL's and RanPAC's authors
     transform_as: dict[str, str] = field(default_factory=dict)

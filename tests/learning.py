@@ -57,6 +57,7 @@ METHOD_LEARN = {
     # a small projection, and the first-session adapters on so that their training is covered too
     "ranpac": ["train.max_stats_per_class=20", "method.projection_dim=256", "method.first_session_adaptation=true",
                "method.adaptation.epochs=2", "method.adaptation.lr=0.05"],
+    "sdlora": ["method.rank=4", "method.init_lr=0.02", "method.lr=0.02"],
     # small adapters; EASE trains one per task, APER one on task 0
     "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
     "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],

@@ -65,7 +65,7 @@ def test_whole_run_on_several_processes_equals_one_process(processes, one_proces
 # distribution (docs/algorithm.md#ranpac).
 OTHERS = [pytest.param(m, marks=() if m == "l2p" else pytest.mark.slow)
           for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "mos", "tuna",
-                    "inflora")]
+                    "sdlora", "inflora")]
 
 
 # InfLoRA's learned tensors agree to 1e-5 but for single entries of a trained up-projection (measured: 1.9e-4 in

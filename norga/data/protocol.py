@@ -2,7 +2,8 @@
 
 * ``seeded`` (HiDe-Prompt / NoRGa): ``random.Random(seed).shuffle(list(range(C)))`` with the run seed.
 * ``numpy_1993`` (LAMDA-PILOT, RCIL, EASE, MOS, RanPAC): ``numpy.random.RandomState(1993).permutation(C)`` whatever
-  the run seed. NumPy's legacy MT19937: ``default_rng`` gives another order.
+  the run seed. NumPy's legacy MT19937: ``default_rng`` gives another order. ``numpy_<seed>`` is the same
+  permutation from another fixed seed (SD-LoRA's ImageNet-R config: ``numpy_1995``).
 
 Either applies only when the dataset is shuffled (``dataset.shuffle``); otherwise the order is ``range(C)``
 (VTAB, 5-Datasets: a task is one source dataset).
@@ -14,33 +15,44 @@ Task sizes: equal tasks from ``num_tasks`` (HiDe), or PILOT's ``B{init}Inc{inc}`
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 
-CLASS_ORDERS = ("seeded", "numpy_1993")
+CLASS_ORDERS = ("seeded", "numpy_1993")  # the named ones; numpy_<seed> takes any fixed seed
 PILOT_SEED = 1993
+#: every accepted ``dataset.class_order``: ``seeded`` or ``numpy_<seed>`` (a fixed seed, whatever the run seed)
+CLASS_ORDER_PATTERN = r"seeded|numpy_\d+"
+
+
+def numpy_seed(kind: str) -> int | None:
+    """The fixed seed of a ``numpy_<seed>`` order, None for ``seeded``; ValueError for anything else."""
+    if not re.fullmatch(CLASS_ORDER_PATTERN, str(kind)):
+        raise ValueError(f"dataset.class_order must be seeded or numpy_1993 (numpy_<seed>: numpy's permutation "
+                         f"with that fixed seed), got {kind!r}")
+    return None if kind == "seeded" else int(str(kind).split("_", 1)[1])
 
 
 def class_order(num_classes: int, kind: str, seed: int, shuffle: bool = True) -> list[int]:
     """The original class ids in task order (``seed``: the run seed, used by ``seeded``)."""
-    if kind not in CLASS_ORDERS:
-        raise ValueError(f"dataset.class_order must be seeded or numpy_1993, got {kind!r}")
+    fixed = numpy_seed(kind)
     order = list(range(int(num_classes)))
     if not shuffle:
         return order
-    if kind == "seeded":
+    if fixed is None:
         # HiDe's reference seeds Python's random with the run seed and shuffles before any other draw
         random.Random(int(seed)).shuffle(order)
         return order
     # PILOT's data manager: np.random.seed(1993); np.random.permutation(C)
-    return [int(c) for c in np.random.RandomState(PILOT_SEED).permutation(int(num_classes))]
+    return [int(c) for c in np.random.RandomState(fixed).permutation(int(num_classes))]
 
 
 def order_label(kind: str, seed: int, shuffle: bool = True) -> str:
     """The order as a result label says it: ``identity``, ``py-seed-42`` or ``np-seed-1993``."""
     if not shuffle:
         return "identity"
-    return f"np-seed-{PILOT_SEED}" if kind == "numpy_1993" else f"py-seed-{int(seed)}"
+    fixed = numpy_seed(kind)
+    return f"np-seed-{fixed}" if fixed is not None else f"py-seed-{int(seed)}"
 
 
 def task_sizes(num_classes: int, num_tasks: int | None, init_classes: int | None = None,
