@@ -68,6 +68,8 @@ METHOD_LEARN = {
     # adapter dropout, which is drawn per process, so that 2 processes equal 1 (RanPAC covers dropout on resume)
     "tuna": ["train.max_stats_per_class=20", "method.crct_epochs=2", "method.use_orth=true", "method.lr=0.05",
              "method.dropout=0.0"],
+    # the embedded default's recipe (conf/preset/digits_tiny_inflora.yaml) on two LoRA'd blocks
+    "inflora": ["method.lora_layers=[0,1]"],
 }
 
 # A correct resumed or data-parallel run meets these (measured: bitwise for resume; for 2 processes 3.3e-6

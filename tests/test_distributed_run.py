@@ -58,12 +58,21 @@ def test_whole_run_on_several_processes_equals_one_process(processes, one_proces
 # The other methods' own data-parallel paths: prompt tokens and the global batch majority (L2P, whose
 # empty shard once failed to reshape), the prompt mask and pull term (DualPrompt, S-Prompt++), the component
 # prompts (CODA-Prompt), gathered statistics (SimpleCIL), in-place adapter merges and per-class statistics
-# batches (MOS), CosFace on shards plus the orthogonality term (TUNA); the adapter methods' fixtures run without
-# adapter dropout, which each process draws on its own. L2P runs by default, the rest with --runslow.
+# batches (MOS), CosFace on shards plus the orthogonality term (TUNA), covariances summed over ranks (InfLoRA); the
+# adapter methods' fixtures run without adapter dropout, which each process draws on its own. L2P runs by default,
+# the rest with --runslow.
 # RanPAC's first-session adapters draw dropout per process, so they match a 1-process run only in
 # distribution (docs/algorithm.md#ranpac).
 OTHERS = [pytest.param(m, marks=() if m == "l2p" else pytest.mark.slow)
-          for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "mos", "tuna", "sdlora")]
+          for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "mos", "tuna",
+                    "sdlora", "inflora")]
+
+
+# InfLoRA's learned tensors agree to 1e-5 but for single entries of a trained up-projection (measured: 1.9e-4 in
+# block 0's key up-projection of task 1, whose columns' norms are about 0.4, with the accuracies equal); Adam's
+# normalised steps can turn the rounding differences of half-batch forwards into steps of up to lr where a gradient
+# is near zero. That tensor differs by 6.5e-5 between merged and unmerged one-process runs too (tests/test_inflora.py).
+ATOL = {"inflora": 1e-3}
 
 
 @pytest.mark.parametrize("method", OTHERS)
@@ -75,4 +84,4 @@ def test_every_method_on_two_processes_equals_one_process(method, reference_run,
     assert metrics["finished"]
     for key in MATRICES:
         assert metrics.get(key) == one.get(key), key
-    assert_same_learned_state(tmp_path, one_dir, tasks=2, atol=PROCESSES_ATOL)
+    assert_same_learned_state(tmp_path, one_dir, tasks=2, atol=ATOL.get(method, PROCESSES_ATOL))
