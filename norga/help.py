@@ -41,7 +41,8 @@ def group_options(conf: Path = CONF) -> dict[str, list[str]]:
 
 def page(conf: Path = CONF) -> str:
     """The text of ``python run.py --help``."""
-    lines = ["norga: prompt-based class-incremental learning on pre-trained ViTs (Hydra app).", "",
+    lines = ["norga: rehearsal-free class-incremental learning on pre-trained ViTs: prompts, LoRA, adapters "
+             "(Hydra app).", "",
              "usage: python run.py [group=option ...] [key=value ...]     one run",
              "       python run.py -m [key=a,b ...] | +sweep=<name> ...    a sweep", "",
              "Config groups and their options (pick one with group=option):"]

@@ -92,7 +92,7 @@ def test_rules_between_keys_are_config_problems(overrides, key, text):
 
 
 def test_the_shipped_methods_and_a_joint_bound_break_no_rule():
-    for method in ("norga", "hide", "l2p", "dualprompt", "sprompt", "coda", "simplecil", "ranpac"):
+    for method in sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml")):
         assert problems([f"method={method}"]) == {}, method
         assert problems([f"method={method}", "+bound=joint"]) == {}, method
 
@@ -186,7 +186,8 @@ def test_help_is_norgas_page_with_the_common_commands():
     assert done.returncode == 0
     page = done.stdout
     assert page.startswith("norga:")
-    assert "method     coda, dualprompt, hide, l2p, norga, ranpac, simplecil, sprompt" in page
+    methods = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml"))
+    assert "method     " + ", ".join(methods) in page and "inflora" in methods
     assert "python -m norga.report outputs/" in page and "resume=true" in page
     assert "+sweep=methods" in page and "dataset=imr backbone=ibot21k method=norga" in page
     assert "README.md" in page and "docs/algorithm.md" in page and "--hydra-help" in page

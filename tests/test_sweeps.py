@@ -29,10 +29,11 @@ BACKBONES = ("sup21k", "ibot21k", "ibot", "dino", "mocov3")
 # (dataset, backbone) pairs of the paper; each with NoRGa and HiDe-Prompt, seeds 40, 42, 44
 PAPER_ROWS = {("cifar100", b) for b in BACKBONES} | {("imr", b) for b in BACKBONES} \
     | {(d, b) for d in ("cub", "five_datasets") for b in ("sup21k", "ibot21k")}
-METHODS = ("l2p", "dualprompt", "sprompt", "coda", "hide", "norga", "simplecil", "ranpac")
+METHODS = ("l2p", "dualprompt", "sprompt", "coda", "hide", "norga", "simplecil", "ranpac", "inflora", "sdlora",
+           "hide_lora", "aper", "ease", "mos", "tuna")
 JOBS = {"paper_grid": 60, "paper_cifar100": 30, "paper_imr": 30, "paper_cub": 12, "paper_five_datasets": 12,
         "gate_ablation": 12, "seeds": 3, "methods": len(METHODS) * 3, "joint": len(METHODS),
-        "paper_table": 2 * 3 * 6 * 3, "pilot_table": 6 * 4}
+        "paper_table": 2 * 3 * 6 * 3, "pilot_table": 6 * 7}
 PILOT_DATASETS = ("cub", "imr", "imagenet_a", "objectnet", "omnibenchmark", "vtab")
 AUGREG = ("augreg_in21k", "augreg_in21k_ft_in1k", "augreg2_in21k_ft_in1k")
 

@@ -18,7 +18,8 @@ NA = "n/a"
 NO_GATE = "-"
 
 # Rows follow the paper's Table 1, then the methods it does not report; unknown methods come after these.
-METHOD_ORDER: tuple[str, ...] = (*paper_results.METHODS, "simplecil", "ranpac")
+METHOD_ORDER: tuple[str, ...] = (*paper_results.METHODS, "simplecil", "ranpac", "inflora", "sdlora", "hide_lora",
+                                  "aper", "ease", "mos", "tuna")
 
 # (column label, metrics.json key); std over seeds is numpy's default ddof=0, see STD_NOTE.
 METRICS: tuple[tuple[str, str], ...] = (
