@@ -58,16 +58,17 @@ METHOD_LEARN = {
     "ranpac": ["train.max_stats_per_class=20", "method.projection_dim=256", "method.first_session_adaptation=true",
                "method.adaptation.epochs=2", "method.adaptation.lr=0.05"],
     "sdlora": ["method.rank=4", "method.init_lr=0.02", "method.lr=0.02"],
-    # small adapters; EASE trains one per task, APER one on task 0
-    "ease": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
-    "aper": ["train.max_stats_per_class=20", "method.ffn_num=8", "method.epochs=2", "method.lr=0.05"],
+    # small adapters; EASE trains one per task, APER one on task 0; no adapter dropout, which each torchrun
+    # process would draw on its own, so that 2 processes equal 1 (RanPAC covers dropout on resume)
+    "ease": ["train.max_stats_per_class=20", "method.bottleneck=8", "method.lr=0.05", "method.adapter_dropout=0.0"],
+    "aper": ["train.max_stats_per_class=20", "method.bottleneck=8", "method.lr=0.05", "method.adapter_dropout=0.0"],
     # the authors' switches (per-block pulls, test-time drift: evaluated batch by batch); no adapter dropout, which
     # torchrun ranks would draw each on their own, so that 2 processes equal 1
     "mos": ["train.max_stats_per_class=20", "method.alignment.epochs=3", "method.adapter_dropout=0.0"],
     # the orthogonality term on, so that the snapshots it trains (the reference) are covered by resume; no
     # adapter dropout, which is drawn per process, so that 2 processes equal 1 (RanPAC covers dropout on resume)
-    "tuna": ["train.max_stats_per_class=20", "method.crct_epochs=2", "method.use_orth=true", "method.lr=0.05",
-             "method.dropout=0.0"],
+    "tuna": ["train.max_stats_per_class=20", "method.alignment.epochs=2", "method.use_orth=true", "method.lr=0.05",
+             "method.adapter_dropout=0.0"],
     # the embedded default's recipe (conf/preset/digits_tiny_inflora.yaml) on two LoRA'd blocks
     "inflora": ["method.lora_layers=[0,1]"],
 }

@@ -14,7 +14,7 @@ from tests.learning import compose_cfg
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return ContinualRun(compose_cfg(["method=aper", "dataset.num_tasks=5", "method.ffn_num=4"]),
+    return ContinualRun(compose_cfg(["method=aper", "dataset.num_tasks=5", "method.bottleneck=4"]),
                         tmp_path_factory.mktemp("aper"))
 
 
@@ -80,5 +80,5 @@ def test_presets_compose_to_the_authors_settings():
             cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", f"backbone={b}",
                                                            "method=aper"])
             m = cfg.method
-            assert (cfg.dataset.num_tasks, m.epochs, m.lr, cfg.train.batch_size, m.weight_decay) == row, (d, b)
-            assert (m.ffn_num, m.optimizer, m.min_lr) == (64, "sgd", 0.0)
+            assert (cfg.dataset.num_tasks, cfg.train.epochs, m.lr, cfg.train.batch_size, m.weight_decay) == row, (d, b)
+            assert (m.bottleneck, m.optimizer, m.min_lr) == (64, "sgd", 0.0)

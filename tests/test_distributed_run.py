@@ -58,14 +58,15 @@ def test_whole_run_on_several_processes_equals_one_process(processes, one_proces
 # The other methods' own data-parallel paths: prompt tokens and the global batch majority (L2P, whose
 # empty shard once failed to reshape), the prompt mask and pull term (DualPrompt, S-Prompt++), the component
 # prompts (CODA-Prompt), gathered statistics (SimpleCIL), in-place adapter merges and per-class statistics
-# batches (MOS), CosFace on shards plus the orthogonality term (TUNA), covariances summed over ranks (InfLoRA); the
+# batches (MOS), CosFace on shards plus the orthogonality term (TUNA), covariances summed over ranks (InfLoRA),
+# proxy heads and prototypes in every subspace (EASE, APER); the
 # adapter methods' fixtures run without adapter dropout, which each process draws on its own. L2P runs by default,
 # the rest with --runslow.
 # RanPAC's first-session adapters draw dropout per process, so they match a 1-process run only in
 # distribution (docs/algorithm.md#ranpac).
 OTHERS = [pytest.param(m, marks=() if m == "l2p" else pytest.mark.slow)
           for m in ("l2p", "hide", "hide_lora", "dualprompt", "sprompt", "coda", "simplecil", "mos", "tuna",
-                    "sdlora", "inflora")]
+                    "sdlora", "inflora", "ease", "aper")]
 
 
 # InfLoRA's learned tensors agree to 1e-5 but for single entries of a trained up-projection (measured: 1.9e-4 in

@@ -80,7 +80,7 @@ def test_reweighted_logits_weight_own_subspace_1_others_alpha_over_t_and_the_ptm
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return ContinualRun(compose_cfg(["method=ease", "dataset.num_tasks=5", "method.ffn_num=4"]),
+    return ContinualRun(compose_cfg(["method=ease", "dataset.num_tasks=5", "method.bottleneck=4"]),
                         tmp_path_factory.mktemp("ease"))
 
 
@@ -134,7 +134,7 @@ def test_frozen_adapters_run_once_per_test_set_and_cached_equals_batch_by_batch(
 
 
 def test_omni_mode_is_aper_ptm_and_adapter_0_plain_cosine_later_adapters_untrained(tmp_path):
-    learner = ContinualRun(compose_cfg(["method=ease", "dataset.num_tasks=5", "method.ffn_num=4",
+    learner = ContinualRun(compose_cfg(["method=ease", "dataset.num_tasks=5", "method.bottleneck=4",
                                         "method.moni_adam=true"]), tmp_path).learner
     assert learner.use_ptm and (learner.alpha, learner.beta) == (1.0, 1.0) and not learner.reweight
     assert [s.name for s in learner.stages(0)][0] == "adapter"
@@ -175,8 +175,8 @@ def test_presets_compose_to_the_authors_settings_under_the_pilot_protocol():
                 cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", f"backbone={b}",
                                                                "method=ease"])
                 m = cfg.method
-                got = (cfg.dataset.num_tasks, m.epochs, m.lr, cfg.train.batch_size, m.weight_decay, m.optimizer,
-                       m.ffn_num, m.alpha, m.use_init_ptm, m.beta, m.moni_adam)
+                got = (cfg.dataset.num_tasks, cfg.train.epochs, m.lr, cfg.train.batch_size, m.weight_decay, m.optimizer,
+                       m.bottleneck, m.alpha, m.use_init_ptm, m.beta, m.moni_adam)
                 assert got == row, (d, b)
                 assert (m.min_lr, m.recalc_sim, m.use_reweight, m.complement_tau) == (0.0, True, True, 1.0)
                 assert (cfg.dataset.class_order, cfg.dataset.normalize) == ("numpy_1993", "none")

@@ -124,7 +124,7 @@ def test_schedules():
     assert lr_factor(cos, 0, 10) == 1.0
     assert lr_factor(cos, 5, 10) == pytest.approx(0.5)
     assert lr_factor({"name": "constant"}, 7, 10) == 1.0
-    with pytest.raises(ValueError, match="constant, step, cosine"):
+    with pytest.raises(ValueError, match="constant, step, multistep, cosine"):
         lr_factor({"name": "linear"}, 0, 1)
 
 

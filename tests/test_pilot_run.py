@@ -73,7 +73,7 @@ def test_pilot_table_without_data_lists_everything_missing_at_once(tmp_path):
     done, seconds = app("+sweep=pilot_table", f"hydra.sweep.dir={sweep_dir}", env=env, cwd=tmp_path)
     report = done.stderr
     assert done.returncode == 1 and seconds < 180, (seconds, report[-2000:])  # ~40 s on 2 loaded cores
-    assert report.startswith("error: the sweep cannot start: 24 jobs checked")
+    assert report.startswith("error: the sweep cannot start: 42 jobs checked")
     for missing in ("CUB-200 (PILOT's split) not found", "ImageNet-R not found", "ImageNet-A not found",
                     "OmniBenchmark-300 not found", "VTAB-CIL (50 classes) not found", "dataset=objectnet is refused",
                     "backbone 'augreg_in21k'"):

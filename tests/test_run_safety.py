@@ -172,7 +172,9 @@ def test_user_errors_share_the_base_the_app_reports_without_traceback(name):
 # ---- Ctrl-C ----------------------------------------------------------------------------------------------------
 def test_interrupt_says_what_was_saved_and_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "run.py", *SMALL, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+    # enough epochs that the run is still going when its first checkpoint appears (the whole SMALL run takes ~2 s)
+    longer = [*SMALL, "train.epochs=40", "train.max_epochs=40"]
+    proc = subprocess.Popen([sys.executable, "run.py", *longer, f"hydra.run.dir={run_dir}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240

@@ -189,12 +189,12 @@ def test_presets_compose_to_the_authors_settings_under_the_pilot_protocol():
             cfg = compose(config_name="config", overrides=["protocol=pilot", f"dataset={d}", "backbone=augreg_in21k",
                                                            "method=tuna"])
             m = cfg.method
-            got = (cfg.dataset.num_tasks, cfg.train.epochs, m.lr, cfg.train.batch_size, m.use_orth, m.crct_epochs,
-                   m.ca_lr, m.decay, m.margin)
+            got = (cfg.dataset.num_tasks, cfg.train.epochs, m.lr, cfg.train.batch_size, m.use_orth, m.alignment.epochs,
+                   m.alignment.lr, m.decay, m.margin)
             assert got == row, d
             assert (m.bottleneck, m.weight_decay, m.reg, m.scale, m.statistics, cfg.dataset.normalize) == (
                 16, 5e-4, 0.001, 20.0, "covariance", "none")
-            assert (m.universal, m.decay_rule, m.ca_cosine_period) == ("official_cur_adapter", "reference", 5)
+            assert (m.universal, m.decay_rule, m.alignment.cosine_period) == ("official_cur_adapter", "reference", 5)
 
 
 def test_statistics_sampling_scales_the_class_means():
@@ -223,11 +223,11 @@ def test_alignment_cosine_restarts_with_the_reference_period(run, period, last_l
     labels = torch.tensor(seen).repeat_interleave(8)
     learner.statistics.fit(torch.randn(len(labels), learner.dim, generator=gen), labels)
     m = learner.method
-    m.ca_cosine_period, m.crct_epochs, m.ca_lr = period, 10, 0.01
+    m.alignment.cosine_period, m.alignment.epochs, m.alignment.lr = period, 10, 0.01
     before = [w.detach().clone() for w in learner.heads.heads]
     ctx = StageContext(task=1, stage="align", seed=learner.cfg.seed, progress=False)
     learner.align(ctx)
     assert ctx.scheduler.get_last_lr()[0] == pytest.approx(last_lr, abs=1e-9)
     moved = [not torch.equal(w, b) for w, b in zip(learner.heads.heads, before)]
     assert moved == [True, True, False, False, False]  # every seen task's head aligns, no later one
-    m.ca_cosine_period, m.crct_epochs, m.ca_lr = 5, 30, 0.005
+    m.alignment.cosine_period, m.alignment.epochs, m.alignment.lr = 5, 30, 0.005

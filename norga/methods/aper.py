@@ -2,7 +2,7 @@
 class prototypes on the concatenation of the frozen PTM's and the adapted ViT's features
 (docs/algorithm.md#aper).
 
-Task 0 is ``adaptation -> prototypes -> evaluate``: an AdaptFormer set (bottleneck ``method.ffn_num``) and a
+Task 0 is ``adaptation -> prototypes -> evaluate``: an AdaptFormer set (bottleneck ``method.bottleneck``) and a
 cosine head over task 0's classes (learnable sigma) trained with cross-entropy, then frozen. Every task's
 ``prototypes`` sets each new class's row to its mean ``[f_PTM; f_adapted]`` (1536-d for ViT-B; train images,
 test transform). Logits: one cosine (sigma 1) over the seen classes. Two ViT passes per test image; both are
@@ -38,7 +38,7 @@ class APER(Learner):
         m = self.method
         dim = backbone.embed_dim
         with seeded(cfg.seed, 0, "aper_adaptation"):
-            self.adapters = AdapterSet.for_vit(self.backbone, int(m.ffn_num), float(m.adapter_dropout),
+            self.adapters = AdapterSet.for_vit(self.backbone, int(m.bottleneck), float(m.adapter_dropout),
                                                float(m.adapter_scale)).to(device)
             self.adaptation_head = CosineHead(dim, len(benchmark.task_classes[0])).to(device)
         self.head = PrototypeHead(benchmark.num_classes, 2 * dim).to(device)
@@ -61,7 +61,7 @@ class APER(Learner):
         # RCIL maps its "adam" to AdamW
         optimizer = "adamw" if m.optimizer == "adam" else m.optimizer
         step = data_parallel({"adapters": self.adapters, "head": self.adaptation_head}, self.adaptation_loss())
-        self.train_epochs(ctx, step, params, desc="adaptation", epochs=m.epochs, lr=m.lr,
+        self.train_epochs(ctx, step, params, desc="adaptation", lr=m.lr,
                           schedule={"name": "cosine", "min_lr": float(m.min_lr)},
                           optimizer=make_optimizer(optimizer, m.momentum, m.weight_decay), clip_grad=None)
         self.adapters.requires_grad_(False).eval()

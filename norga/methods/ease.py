@@ -3,7 +3,7 @@ subspace, old classes' blocks in newer subspaces completed from similar new clas
 
 A task is ``adapter -> prototypes -> evaluate``:
 
-* ``adapter``: a fresh AdaptFormer set (bottleneck ``method.ffn_num``) and a proxy cosine head over the task's
+* ``adapter``: a fresh AdaptFormer set (bottleneck ``method.bottleneck``) and a proxy cosine head over the task's
   classes (learnable sigma) trained with cross-entropy on local labels; then frozen for good.
 * ``prototypes``: the mean feature of every new class in every live subspace (the PTM if
   ``method.use_init_ptm``, adapters 0..T), train images with the test transform; then the semantic-guided
@@ -53,7 +53,8 @@ class EASE(Learner):
         self.reweight = bool(m.use_reweight) and not self.moni_adam
         self.adapter_num = int(m.adapter_num)
         dim, depth = backbone.embed_dim, len(backbone.blocks)
-        self.bank = AdapterBank(dim, depth, int(m.ffn_num), float(m.adapter_dropout), float(m.adapter_scale)).to(device)
+        self.bank = AdapterBank(dim, depth, int(m.bottleneck), float(m.adapter_dropout),
+                                float(m.adapter_scale)).to(device)
         with seeded(cfg.seed, 0, "ease_proxy_heads"):
             self.proxy = nn.ModuleList([CosineHead(dim, len(cs)) for cs in benchmark.task_classes]).to(device)
         self.head = SubspacePrototypes(benchmark.task_classes, benchmark.num_classes, dim, self.use_ptm).to(device)
@@ -93,7 +94,7 @@ class EASE(Learner):
         self.bank.sets[task].train()
         self.proxy[task].train()
         step = data_parallel({"adapter": self.bank.sets[task], "head": self.proxy[task]}, self.proxy_loss(task))
-        self.train_epochs(ctx, step, params, desc="adapter", epochs=m.epochs, lr=m.lr,
+        self.train_epochs(ctx, step, params, desc="adapter", lr=m.lr,
                           schedule={"name": "cosine", "min_lr": float(m.min_lr)},
                           optimizer=make_optimizer(m.optimizer, m.momentum, m.weight_decay), clip_grad=None)
         self.bank.sets[task].requires_grad_(False).eval()

@@ -73,7 +73,7 @@ def decay_scales(positions: range, task_of: list[int], task: int, task_size: int
 # ---- the learner --------------------------------------------------------------------------------------------
 class TUNA(Learner):
     """TUNA as its authors' code runs it; the defects T1-T3 behind ``method.universal``, ``method.decay_rule``,
-    ``method.ca_cosine_period`` (and the snapshots the orthogonality term trains, ``orth_trains_snapshots``)."""
+    ``method.alignment.cosine_period`` (and the snapshots the orthogonality term trains, ``orth_trains_snapshots``)."""
 
     name = "tuna"
     features_per_id = True
@@ -83,7 +83,7 @@ class TUNA(Learner):
     def __init__(self, cfg, backbone, benchmark, device) -> None:
         super().__init__(cfg, backbone, benchmark, device)
         m = self.method
-        geometry = (backbone.embed_dim, len(peft_blocks(backbone)), int(m.bottleneck), float(m.dropout),
+        geometry = (backbone.embed_dim, len(peft_blocks(backbone)), int(m.bottleneck), float(m.adapter_dropout),
                     float(m.adapter_scale))
         self.theta = AdapterSet(*geometry).to(device)
         # every snapshot slot exists from the start: one state-dict layout for every checkpoint
@@ -250,10 +250,10 @@ class TUNA(Learner):
             values = decay_scales(range(len(seen)), [int(self.benchmark.class_to_task[c]) for c in seen], task,
                                   len(self.benchmark.task_classes[task]), str(m.decay_rule))
             scales = dict(zip(seen, values))
-        period = None if m.ca_cosine_period is None else int(m.ca_cosine_period)
+        period = None if m.alignment.cosine_period is None else int(m.alignment.cosine_period)
         train_on_statistics(
             self, ctx, self.heads, self.statistics, seen, len(seen),
-            n_per_class=int(m.samples_per_class_factor) * self.batch_size, epochs=int(m.crct_epochs),
-            lr=float(m.ca_lr), allowed=self.benchmark.seen_mask(task), momentum=float(m.momentum),
+            n_per_class=int(m.alignment.samples_per_class_factor) * self.batch_size, epochs=int(m.alignment.epochs),
+            lr=float(m.alignment.lr), allowed=self.benchmark.seen_mask(task), momentum=float(m.alignment.momentum),
             weight_decay=float(m.weight_decay), cosine_period=period, mean_scale=scales)
         self.heads.eval()

@@ -11,12 +11,12 @@ from norga.methods.schemas import MethodConfig, at_least, choice, positive
 
 @dataclass
 class AdapterTuningConfig(MethodConfig):
-    """An AdaptFormer adapter set trained with a cosine head (learnable sigma) on a task's classes."""
+    """An AdaptFormer adapter set trained with a cosine head (learnable sigma) on a task's classes, for
+    ``train.epochs`` epochs."""
 
-    ffn_num: int = positive(64)  # the adapter's bottleneck r
+    bottleneck: int = positive(64)  # the authors' ffn_num: the adapter's bottleneck r
     adapter_dropout: float = field(default=0.1, metadata={"min": 0.0, "max_exclusive": 1.0})
     adapter_scale: float = positive(0.1)
-    epochs: int = at_least(0, 20)
     lr: float = positive(0.01)  # not scaled by the batch size (the authors' value at their batch)
     optimizer: str = choice("sgd", "sgd", "adam", "adamw")
     momentum: float = at_least(0.0, 0.9)

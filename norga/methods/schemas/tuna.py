@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from norga.methods.schemas import MethodConfig, at_least, choice, positive
+from norga.methods.schemas.mos import AlignmentConfig
 
 #: which adapter the universal branch of the prediction uses (defect T1)
 UNIVERSAL = ("official_cur_adapter", "emr_merged")
 #: how the class means are scaled before sampling in the alignment when ``decay`` is on (defect T2)
 DECAY_RULES = ("reference", "intended")
+
+
+@dataclass
+class TUNAAlignmentConfig(AlignmentConfig):
+    """MOS's classifier alignment (crct_epochs, ca_lr), here on every head, with the cosine's period."""
+
+    # T_max of the cosine in epochs: 5 as the reference (defect T3: the lr restarts when epochs > 5);
+    # null: the alignment's epochs (one half-cosine, corrected)
+    cosine_period: int | None = positive(5)
 
 
 @dataclass
@@ -24,7 +34,7 @@ class TUNAConfig(MethodConfig):
     _target_: str = "norga.methods.tuna.TUNA"
     name: str = "tuna"
     bottleneck: int = positive(16)  # hard-coded 16 upstream (the JSON's r is unused)
-    dropout: float = at_least(0.0, 0.1)
+    adapter_dropout: float = field(default=0.1, metadata={"min": 0.0, "max_exclusive": 1.0})
     adapter_scale: float = positive(0.1)
     lr: float = positive(0.01)  # init_lr: adapter and every head, SGD momentum 0.9
     momentum: float = at_least(0.0, 0.9)
@@ -37,12 +47,7 @@ class TUNAConfig(MethodConfig):
     # stored snapshots' up-projections, which thus keep changing in later tasks; false: snapshots are frozen
     orth_trains_snapshots: bool = True
     statistics: str = choice("covariance", "covariance", "variance")
-    crct_epochs: int = at_least(0, 30)
-    ca_lr: float = positive(0.005)
-    samples_per_class_factor: int = positive(5)  # CA samples per class: factor * train.batch_size
-    # CA cosine period T_max in epochs: 5 as the reference (defect T3: the lr restarts when crct_epochs > 5);
-    # null: crct_epochs (one half-cosine, corrected)
-    ca_cosine_period: int | None = positive(5)
+    alignment: TUNAAlignmentConfig = field(default_factory=TUNAAlignmentConfig)
     decay: bool = False  # scale the class means before sampling (on for IN-A, IN-R, ObjectNet)
     decay_rule: str = choice("reference", *DECAY_RULES)
     universal: str = choice("official_cur_adapter", *UNIVERSAL)
@@ -51,8 +56,6 @@ class TUNAConfig(MethodConfig):
     def check(cls, cfg: Any) -> Iterator[tuple[str, str]]:
         yield from super().check(cfg)
         yield from cls.no_selection(cfg)
-        if not 0 <= cfg.method.dropout < 1:
-            yield "method.dropout", f"{cfg.method.dropout} must be in [0, 1)"
 
 
 SCHEMAS = {"tuna": TUNAConfig}
