@@ -172,10 +172,12 @@ def test_user_errors_share_the_base_the_app_reports_without_traceback(name):
 # ---- Ctrl-C ----------------------------------------------------------------------------------------------------
 def test_interrupt_says_what_was_saved_and_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
-    # enough epochs that the run is still going when its first checkpoint appears (the whole SMALL run takes ~2 s)
-    longer = [*SMALL, "train.epochs=40", "train.max_epochs=40"]
+    # a terminal's Ctrl-C: SIGINT with its default disposition (a pytest-xdist worker ignores SIGINT, and a child
+    # started from it would inherit that), and enough epochs that the run outlasts its first checkpoint
+    longer = [*SMALL, "train.epochs=8", "train.max_epochs=8"]
     proc = subprocess.Popen([sys.executable, "run.py", *longer, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "checkpoints" / "last.pt").exists() and proc.poll() is None:
