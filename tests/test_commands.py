@@ -136,6 +136,22 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [sweep_choice + job for job in batch]
 
 
+def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
+    """Jobs of a sweep in which every swept value appears at least once (every job of every sweep file is
+    composed by tests/test_sweeps.py; a README command adds overrides to them, which these jobs each meet)."""
+    chosen, seen = [], set()
+    for job in jobs:
+        if not set(job) <= seen:
+            chosen.append(job)
+            seen |= set(job)
+    return chosen
+
+
+def test_covering_jobs_keep_every_swept_value_once():
+    jobs = [["a=1", "b=x"], ["a=1", "b=y"], ["a=2", "b=x"], ["a=2", "b=y"], ["a=3", "b=x"]]
+    assert covering_jobs(jobs) == [["a=1", "b=x"], ["a=1", "b=y"], ["a=2", "b=x"], ["a=3", "b=x"]]
+
+
 @pytest.mark.parametrize(("readme", "command"), readme_commands())
 def test_readme_command_composes_and_validates(readme, command):
     """Every run and sweep command of the READMEs names keys and options that exist and values the schemas
@@ -164,7 +180,7 @@ def test_readme_command_composes_and_validates(readme, command):
     if script == "benchmarks/eval_passes.py":
         overrides = load_script(ROOT / script).SHRUNK + overrides
     register()
-    jobs = sweep_jobs(overrides) if sweep else [overrides]
+    jobs = covering_jobs(sweep_jobs(overrides)) if sweep else [overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for job in jobs:
             validate(compose(config_name="config", overrides=job), job)
