@@ -207,18 +207,9 @@ class Evaluator:
         feats = None
         for row in rows:
             want = torch.arange(n) if selection is None else (selection == torch.tensor(row)).all(1).nonzero().flatten()
-            version = learner.features_version(row) if row else None
-            entry = self._features.get((task, row)) if version is not None else None
-            cached = entry[1] if entry is not None and entry[0] == version else None
-            missing = want if cached is None else want[torch.isnan(cached[want, 0])]
+            cached, missing = self._row_features(learner, task, dataset, row, want, queries,
+                                                 whole=len(want) == n and not row)
             if len(missing):
-                computed = self._compute(learner, task, dataset, missing, row, queries, len(want) == n and not row)
-                if cached is None:
-                    cached = torch.full((n, computed.shape[1]), float("nan"))
-                cached[missing] = computed
-                if version is not None:
-                    self._features[(task, row)] = (version, cached)
-                self.vit_passes += len(missing) / n
                 computed_before = self._computed.setdefault(task, torch.zeros(n, dtype=torch.bool))
                 self.prompt_changes += int(computed_before[missing].sum())
                 computed_before[missing] = True
@@ -234,20 +225,28 @@ class Evaluator:
         by_id: dict[int, torch.Tensor] = {}
         for i in torch.unique(selection).tolist():
             want = (selection == i).any(dim=1).nonzero().flatten()
-            version = learner.features_version((i,))
-            entry = self._features.get((task, (i,))) if version is not None else None
-            cached = entry[1] if entry is not None and entry[0] == version else None
-            missing = want if cached is None else want[torch.isnan(cached[want, 0])]
-            if len(missing):
-                computed = self._compute(learner, task, dataset, missing, (i,), queries, len(want) == n)
-                if cached is None:
-                    cached = torch.full((n, computed.shape[1]), float("nan"))
-                cached[missing] = computed
-                if version is not None:
-                    self._features[(task, (i,))] = (version, cached)
-                self.vit_passes += len(missing) / n
-            by_id[i] = cached
+            by_id[i], _ = self._row_features(learner, task, dataset, (i,), want, queries, whole=len(want) == n)
         return assemble_per_id(selection, by_id)
+
+    def _row_features(self, learner, task: int, dataset, row: tuple[int, ...], want: torch.Tensor,
+                      queries: torch.Tensor, whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(n, D)`` of test set ``task`` under selection ``row`` (``()``: none), valid at least at the
+        samples ``want``: reused from the cache while ``features_version(row)`` holds, computed where missing
+        (``whole``: ``want`` is the whole test set). Also returns the samples computed now."""
+        n = len(queries)
+        version = learner.features_version(row) if row else None
+        entry = self._features.get((task, row)) if version is not None else None
+        cached = entry[1] if entry is not None and entry[0] == version else None
+        missing = want if cached is None else want[torch.isnan(cached[want, 0])]
+        if len(missing):
+            computed = self._compute(learner, task, dataset, missing, row, queries, whole)
+            if cached is None:
+                cached = torch.full((n, computed.shape[1]), float("nan"))
+            cached[missing] = computed
+            if version is not None:
+                self._features[(task, row)] = (version, cached)
+            self.vit_passes += len(missing) / n
+        return cached, missing
 
     def _compute(self, learner, task, dataset, indices, row, queries, whole) -> torch.Tensor:
         subset = dataset if whole else Subset(dataset, indices.tolist())
